@@ -1,0 +1,708 @@
+//! Typed configuration: one TOML file, written by hospital IT.
+//!
+//! Every key is documented here and in the annotated example `gateway/examples/wardgate.toml`
+//! (a test parses it). Only the keys without a default are required: `gateway.id`,
+//! `gateway.data_dir`, `cloud.mqtt_url`, `cloud.ca_file`, `cloud.cert_file`,
+//! `cloud.key_file`, `cloud.profile` and `hl7.listen`.
+//!
+//! Loading is two steps: deserialization (unknown keys are errors, so a typo never
+//! silently falls back to a default), then [`Config::validate`], which checks values
+//! and cross-key rules. Either step fails with a [`ConfigError`] naming the file, the
+//! key path (e.g. `hl7.max_message_bytes`) and the reason.
+//!
+//! Relative paths are resolved against the directory of the config file.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// A configuration error: which file, which key, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {key}: {reason}")]
+pub struct ConfigError {
+    /// The config file.
+    pub file: PathBuf,
+    /// The dotted key path, e.g. `hl7.max_message_bytes` (`<file>` when the file as a whole is at fault).
+    pub key: String,
+    /// Why the value was refused.
+    pub reason: String,
+}
+
+impl ConfigError {
+    fn new(file: &Path, key: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError { file: file.to_path_buf(), key: key.into(), reason: reason.into() }
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The gateway's identity and storage.
+    pub gateway: GatewaySection,
+    /// The cloud uplink.
+    pub cloud: CloudSection,
+    /// The HL7 v2 / MLLP listener.
+    pub hl7: Hl7Section,
+    /// The store-and-forward spool.
+    #[serde(default)]
+    pub spool: SpoolSection,
+    /// PHI rules that a site may adjust.
+    #[serde(default)]
+    pub phi: PhiSection,
+    /// Logging.
+    #[serde(default)]
+    pub logging: LoggingSection,
+}
+
+/// `[gateway]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySection {
+    /// The gateway's identity: MQTT client id and the client certificate's CN.
+    /// 1–128 characters of `A-Z a-z 0-9 - _ . :` (the intersection of what Azure IoT Hub
+    /// and AWS IoT Core accept as device id / thing name).
+    pub id: String,
+    /// Directory for the spool, the pseudonym key and other state. Created (mode 0700) if absent.
+    pub data_dir: PathBuf,
+    /// The site's pseudonym key (32+ random bytes). Created with mode 0600 on first start if
+    /// absent. Default: `<data_dir>/pseudonym.key`. It never leaves the gateway: losing it
+    /// means new pseudonyms for every patient; leaking it lets the holder re-identify them.
+    #[serde(default)]
+    pub pseudonym_key_file: Option<PathBuf>,
+}
+
+/// The topic and identity scheme used towards the cloud.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CloudProfile {
+    /// Any MQTT 3.1.1 broker (e.g. mosquitto): topics `wardgate/<gateway.id>/records/<priority>`.
+    Generic,
+    /// Azure IoT Hub's MQTT device endpoint with X.509 authentication.
+    AzureIotHub,
+    /// AWS IoT Core with X.509 authentication; `gateway.id` is the thing name.
+    AwsIotCore,
+}
+
+/// `[cloud]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloudSection {
+    /// The broker, `mqtts://host:port` (port defaults to 8883). Plain `mqtt://` is refused:
+    /// nothing leaves the box without TLS.
+    pub mqtt_url: String,
+    /// PEM file of the CA certificate(s) that signed the broker's certificate. The only trust anchors.
+    pub ca_file: PathBuf,
+    /// PEM file of the gateway's client certificate chain (CN = `gateway.id`).
+    pub cert_file: PathBuf,
+    /// PEM file of the gateway's private key. Keep it mode 0600 or pass it as a systemd credential.
+    pub key_file: PathBuf,
+    /// `generic`, `azure-iot-hub` or `aws-iot-core`.
+    pub profile: CloudProfile,
+    /// Publishes awaiting their PUBACK at once (1–1000). Default 64.
+    #[serde(default = "defaults::inflight_window")]
+    pub inflight_window: u16,
+    /// Largest MQTT payload, in bytes; several records are batched into one publish up to
+    /// this size. Default: the profile's limit (generic 256 KiB, Azure 256 KiB, AWS 128 KiB);
+    /// may only be lowered.
+    #[serde(default)]
+    pub max_payload_bytes: Option<usize>,
+    /// MQTT keep-alive, in seconds (5–1177). Default 60.
+    #[serde(default = "defaults::keep_alive_secs")]
+    pub keep_alive_secs: u64,
+    /// First reconnect delay, in milliseconds; doubles on every failed attempt (with full jitter). Default 500.
+    #[serde(default = "defaults::backoff_min_ms")]
+    pub backoff_min_ms: u64,
+    /// Longest reconnect delay, in seconds. Default 120.
+    #[serde(default = "defaults::backoff_max_secs")]
+    pub backoff_max_secs: u64,
+}
+
+/// An HL7 acknowledgement style.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AckModeSetting {
+    /// Follow the message: original mode (AA/AE/AR) when MSH-15 and MSH-16 are empty,
+    /// enhanced mode (CA/CE/CR per MSH-15) otherwise.
+    Auto,
+    /// Always answer in original mode (`MSA|AA`), for devices that expect it regardless.
+    Original,
+}
+
+/// `[hl7]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hl7Section {
+    /// Address and port of the MLLP listener, e.g. `0.0.0.0:2575`.
+    pub listen: SocketAddr,
+    /// Largest accepted HL7 message, in bytes (1 KiB – 64 MiB). Larger frames are answered
+    /// with AR and the connection is closed. Default 1 MiB.
+    #[serde(default = "defaults::max_message_bytes")]
+    pub max_message_bytes: usize,
+    /// Seconds a connection may take to complete a frame before it is closed (guards against
+    /// silent and slow-loris connections). Default 120.
+    #[serde(default = "defaults::idle_timeout_secs")]
+    pub idle_timeout_secs: u64,
+    /// Most simultaneous device connections. Default 512.
+    #[serde(default = "defaults::max_connections")]
+    pub max_connections: usize,
+    /// Messages per second allowed from one source address (sustained). Over the limit a
+    /// message is answered AR (the device retries later; nothing is half-stored). Default 1000.
+    #[serde(default = "defaults::rate_per_source_per_sec")]
+    pub rate_per_source_per_sec: u32,
+    /// Burst allowance above the sustained rate, in messages. Default 2000.
+    #[serde(default = "defaults::rate_burst")]
+    pub rate_burst: u32,
+    /// Source addresses allowed to connect. Empty (the default) allows every address.
+    #[serde(default)]
+    pub allow_sources: Vec<IpAddr>,
+    /// Default acknowledgement style: `auto` (default) or `original`.
+    #[serde(default = "defaults::ack_mode")]
+    pub ack_mode: AckModeSetting,
+    /// Per-device overrides of `ack_mode`, keyed by the sending application (MSH-3.1).
+    #[serde(default)]
+    pub ack_mode_by_application: BTreeMap<String, AckModeSetting>,
+    /// Our application name in ACKs (MSH-3). Default `WARDGATE`.
+    #[serde(default = "defaults::application")]
+    pub application: String,
+    /// Our facility in ACKs (MSH-4). Default empty.
+    #[serde(default)]
+    pub facility: String,
+}
+
+/// `[spool]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolSection {
+    /// Disk budget for spooled records, in MiB (1 – 1,048,576). When full, the lowest class
+    /// (log < state < observation < alarm) is evicted oldest-first; a record is refused only
+    /// when nothing of a lower class is left. Default 1024.
+    #[serde(default = "defaults::budget_mib")]
+    pub budget_mib: u64,
+    /// Most records written per group commit. Default 4096.
+    #[serde(default = "defaults::max_batch")]
+    pub max_batch: usize,
+    /// Per-class time to live, in hours; a record older than its class's TTL is dropped and
+    /// counted. Keys: `log`, `state`, `observation`, `alarm`. Default: log 168 (7 days),
+    /// state 720 (30 days), observations and alarms never expire.
+    #[serde(default)]
+    pub ttl_hours: TtlHours,
+}
+
+/// `[spool.ttl_hours]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TtlHours {
+    /// Device log lines. Default 168.
+    #[serde(default = "defaults::ttl_log")]
+    pub log: Option<u64>,
+    /// Device state changes and gateway alerts. Default 720.
+    #[serde(default = "defaults::ttl_state")]
+    pub state: Option<u64>,
+    /// Observations. Default: never.
+    #[serde(default)]
+    pub observation: Option<u64>,
+    /// Alarms. Default: never.
+    #[serde(default)]
+    pub alarm: Option<u64>,
+}
+
+impl Default for TtlHours {
+    fn default() -> Self {
+        TtlHours { log: defaults::ttl_log(), state: defaults::ttl_state(), observation: None, alarm: None }
+    }
+}
+
+/// `[phi]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PhiSection {
+    /// Observation codes (OBX-3 identifier, e.g. `MDC_ATTR_ALERT_SOURCE` or `184326`) whose
+    /// free-text values (OBX-2 `ST`, `TX`, `FT`) may leave the gateway. Every other free-text
+    /// value is dropped: free text can name a patient. Default: none.
+    #[serde(default)]
+    pub free_text_allowed_codes: BTreeSet<String>,
+}
+
+/// `[logging]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingSection {
+    /// A `tracing` filter, e.g. `info` or `wardgate=debug,info`. Overridden by `RUST_LOG`. Default `info`.
+    #[serde(default = "defaults::log_level")]
+    pub level: String,
+}
+
+impl Default for LoggingSection {
+    fn default() -> Self {
+        LoggingSection { level: defaults::log_level() }
+    }
+}
+
+impl Default for SpoolSection {
+    fn default() -> Self {
+        SpoolSection {
+            budget_mib: defaults::budget_mib(),
+            max_batch: defaults::max_batch(),
+            ttl_hours: TtlHours::default(),
+        }
+    }
+}
+
+mod defaults {
+    use super::AckModeSetting;
+    pub const fn inflight_window() -> u16 {
+        64
+    }
+    pub const fn keep_alive_secs() -> u64 {
+        60
+    }
+    pub const fn backoff_min_ms() -> u64 {
+        500
+    }
+    pub const fn backoff_max_secs() -> u64 {
+        120
+    }
+    pub const fn max_message_bytes() -> usize {
+        1024 * 1024
+    }
+    pub const fn idle_timeout_secs() -> u64 {
+        120
+    }
+    pub const fn max_connections() -> usize {
+        512
+    }
+    pub const fn rate_per_source_per_sec() -> u32 {
+        1000
+    }
+    pub const fn rate_burst() -> u32 {
+        2000
+    }
+    pub const fn ack_mode() -> AckModeSetting {
+        AckModeSetting::Auto
+    }
+    pub fn application() -> String {
+        "WARDGATE".to_owned()
+    }
+    pub const fn budget_mib() -> u64 {
+        1024
+    }
+    pub const fn max_batch() -> usize {
+        4096
+    }
+    #[allow(clippy::unnecessary_wraps)] // serde default for an Option field
+    pub const fn ttl_log() -> Option<u64> {
+        Some(168)
+    }
+    #[allow(clippy::unnecessary_wraps)]
+    pub const fn ttl_state() -> Option<u64> {
+        Some(720)
+    }
+    pub fn log_level() -> String {
+        "info".to_owned()
+    }
+}
+
+/// Where the broker is, from `cloud.mqtt_url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerAddress {
+    /// Host name or IP literal (without brackets).
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the file, the key and the reason.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new(path, "<file>", format!("cannot read: {e}")))?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates config text; `origin` names the file in errors and anchors
+    /// relative paths.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the file, the key and the reason.
+    pub fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+        let deserializer = toml::Deserializer::parse(text)
+            .map_err(|e| ConfigError::new(origin, "<file>", format!("not valid TOML: {}", one_line(&e.to_string()))))?;
+        let mut config: Config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let message = inner.message().to_owned();
+            let key = key_of(&path, &message);
+            let position = inner.span().map(|s| line_of(text, s.start));
+            let reason = match position {
+                Some(line) => format!("{message} (line {line})"),
+                None => message,
+            };
+            ConfigError::new(origin, key, reason)
+        })?;
+        let base = origin.parent().unwrap_or_else(|| Path::new("."));
+        config.resolve_paths(base);
+        config.validate(origin)?;
+        Ok(config)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        resolve(&mut self.gateway.data_dir);
+        if let Some(p) = self.gateway.pseudonym_key_file.as_mut() {
+            resolve(p);
+        }
+        resolve(&mut self.cloud.ca_file);
+        resolve(&mut self.cloud.cert_file);
+        resolve(&mut self.cloud.key_file);
+    }
+
+    /// Checks values and cross-key rules that types alone cannot express.
+    ///
+    /// # Errors
+    /// The first rule broken, as a [`ConfigError`].
+    pub fn validate(&self, file: &Path) -> Result<(), ConfigError> {
+        let err = |key: &str, reason: String| Err(ConfigError::new(file, key, reason));
+
+        let id = &self.gateway.id;
+        if id.is_empty() || id.len() > 128 {
+            return err("gateway.id", format!("must be 1–128 characters, is {}", id.len()));
+        }
+        if let Some(c) = id.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))) {
+            return err("gateway.id", format!("character {c:?} is not allowed (use A-Z a-z 0-9 - _ . :)"));
+        }
+        if self.gateway.data_dir.as_os_str().is_empty() {
+            return err("gateway.data_dir", "must not be empty".into());
+        }
+
+        if let Err(reason) = self.broker_address() {
+            return err("cloud.mqtt_url", reason);
+        }
+        for (key, path) in [
+            ("cloud.ca_file", &self.cloud.ca_file),
+            ("cloud.cert_file", &self.cloud.cert_file),
+            ("cloud.key_file", &self.cloud.key_file),
+        ] {
+            if let Err(e) = std::fs::metadata(path) {
+                return err(key, format!("cannot read {}: {e}", path.display()));
+            }
+        }
+        if !(1..=1000).contains(&self.cloud.inflight_window) {
+            return err("cloud.inflight_window", format!("must be 1–1000, is {}", self.cloud.inflight_window));
+        }
+        if let Some(max) = self.cloud.max_payload_bytes {
+            let limit = profile_payload_limit(self.cloud.profile);
+            if !(1024..=limit).contains(&max) {
+                return err(
+                    "cloud.max_payload_bytes",
+                    format!("must be 1024–{limit} for this profile, is {max}"),
+                );
+            }
+        }
+        if !(5..=1177).contains(&self.cloud.keep_alive_secs) {
+            return err("cloud.keep_alive_secs", format!("must be 5–1177, is {}", self.cloud.keep_alive_secs));
+        }
+        if self.cloud.backoff_min_ms == 0 || self.cloud.backoff_min_ms > 60_000 {
+            return err("cloud.backoff_min_ms", format!("must be 1–60000, is {}", self.cloud.backoff_min_ms));
+        }
+        if self.cloud.backoff_max_secs == 0
+            || self.cloud.backoff_max_secs > 3600
+            || self.cloud.backoff_max_secs * 1000 < self.cloud.backoff_min_ms
+        {
+            return err(
+                "cloud.backoff_max_secs",
+                format!("must be 1–3600 and not below cloud.backoff_min_ms, is {}", self.cloud.backoff_max_secs),
+            );
+        }
+
+        let hl7 = &self.hl7;
+        if !(1024..=64 * 1024 * 1024).contains(&hl7.max_message_bytes) {
+            return err("hl7.max_message_bytes", format!("must be 1024–67108864, is {}", hl7.max_message_bytes));
+        }
+        if !(1..=86_400).contains(&hl7.idle_timeout_secs) {
+            return err("hl7.idle_timeout_secs", format!("must be 1–86400, is {}", hl7.idle_timeout_secs));
+        }
+        if !(1..=65_536).contains(&hl7.max_connections) {
+            return err("hl7.max_connections", format!("must be 1–65536, is {}", hl7.max_connections));
+        }
+        if hl7.rate_per_source_per_sec == 0 {
+            return err("hl7.rate_per_source_per_sec", "must be at least 1".into());
+        }
+        if hl7.rate_burst == 0 {
+            return err("hl7.rate_burst", "must be at least 1".into());
+        }
+        for (key, value) in [("hl7.application", &hl7.application), ("hl7.facility", &hl7.facility)] {
+            if value.len() > 64 || value.chars().any(|c| c.is_control() || "|^~\\&".contains(c)) {
+                return err(key, "must be at most 64 characters without control or HL7 delimiter characters".into());
+            }
+        }
+
+        if !(1..=1_048_576).contains(&self.spool.budget_mib) {
+            return err("spool.budget_mib", format!("must be 1–1048576, is {}", self.spool.budget_mib));
+        }
+        if !(1..=65_536).contains(&self.spool.max_batch) {
+            return err("spool.max_batch", format!("must be 1–65536, is {}", self.spool.max_batch));
+        }
+        let ttl = &self.spool.ttl_hours;
+        for (key, value) in [
+            ("spool.ttl_hours.log", ttl.log),
+            ("spool.ttl_hours.state", ttl.state),
+            ("spool.ttl_hours.observation", ttl.observation),
+            ("spool.ttl_hours.alarm", ttl.alarm),
+        ] {
+            if value == Some(0) || value.is_some_and(|h| h > 24 * 365 * 10) {
+                return err(key, "must be 1–87600 hours, or left out for no expiry".into());
+            }
+        }
+
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.logging.level) {
+            return err("logging.level", format!("not a valid filter: {e}"));
+        }
+        Ok(())
+    }
+
+    /// The broker's host and port from `cloud.mqtt_url`.
+    ///
+    /// # Errors
+    /// Why the URL is not an `mqtts://host[:port]` URL.
+    pub fn broker_address(&self) -> Result<BrokerAddress, String> {
+        parse_mqtts_url(&self.cloud.mqtt_url)
+    }
+
+    /// Where the pseudonym key lives.
+    #[must_use]
+    pub fn pseudonym_key_path(&self) -> PathBuf {
+        self.gateway
+            .pseudonym_key_file
+            .clone()
+            .unwrap_or_else(|| self.gateway.data_dir.join("pseudonym.key"))
+    }
+
+    /// The largest MQTT payload to publish.
+    #[must_use]
+    pub fn max_payload_bytes(&self) -> usize {
+        self.cloud.max_payload_bytes.unwrap_or_else(|| profile_payload_limit(self.cloud.profile))
+    }
+
+    /// Per-class TTLs, indexed by `Priority::as_u8()`.
+    #[must_use]
+    pub fn ttls(&self) -> [Option<Duration>; 4] {
+        let h = |v: Option<u64>| v.map(|h| Duration::from_secs(h * 3600));
+        let t = &self.spool.ttl_hours;
+        [h(t.log), h(t.state), h(t.observation), h(t.alarm)]
+    }
+}
+
+/// The largest payload a profile's service accepts.
+#[must_use]
+pub const fn profile_payload_limit(profile: CloudProfile) -> usize {
+    match profile {
+        CloudProfile::Generic | CloudProfile::AzureIotHub => 256 * 1024,
+        CloudProfile::AwsIotCore => 128 * 1024,
+    }
+}
+
+fn parse_mqtts_url(url: &str) -> Result<BrokerAddress, String> {
+    let rest = match url.split_once("://") {
+        Some(("mqtts" | "ssl" | "tls", rest)) => rest,
+        Some((scheme, _)) => {
+            return Err(format!("scheme {scheme:?} is not allowed: use mqtts:// (TLS is required off the box)"))
+        }
+        None => return Err("must look like mqtts://host:port".into()),
+    };
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.is_empty() || authority.contains(['/', '?', '#', '@']) {
+        return Err("must look like mqtts://host:port (no path, query or user info)".into());
+    }
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (host, after) = v6.split_once(']').ok_or("unclosed [ in IPv6 address")?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => Some(p),
+            None if after.is_empty() => None,
+            None => return Err("unexpected text after IPv6 address".into()),
+        };
+        (host.to_owned(), port)
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h.to_owned(), Some(p)),
+            None => (authority.to_owned(), None),
+        }
+    };
+    if host.is_empty() {
+        return Err("host is missing".into());
+    }
+    let port = match port {
+        Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| format!("port {p:?} is not 1–65535"))?,
+        None => 8883,
+    };
+    Ok(BrokerAddress { host, port })
+}
+
+/// Builds the key path for an error: serde reports a missing field at its parent, so the
+/// field name is appended from the message (an unknown field's path already ends in it).
+fn key_of(path: &str, message: &str) -> String {
+    let field = ["missing field `", "unknown field `"]
+        .iter()
+        .find_map(|prefix| message.strip_prefix(prefix))
+        .and_then(|rest| rest.split('`').next());
+    match (path, field) {
+        (".", Some(f)) | ("", Some(f)) => f.to_owned(),
+        (".", None) | ("", None) => "<file>".to_owned(),
+        (p, Some(f)) if p == f || p.ends_with(&format!(".{f}")) => p.to_owned(),
+        (p, Some(f)) => format!("{p}.{f}"),
+        (p, None) => p.to_owned(),
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.get(..offset).map_or(0, |before| before.matches('\n').count()) + 1
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_files(extra: &str) -> (tempfile::TempDir, PathBuf, String) {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["ca.pem", "cert.pem", "key.pem"] {
+            std::fs::write(dir.path().join(f), "x").unwrap();
+        }
+        let text = format!(
+            r#"
+[gateway]
+id = "gw-1"
+data_dir = "state"
+
+[cloud]
+mqtt_url = "mqtts://broker.example:8883"
+ca_file = "ca.pem"
+cert_file = "cert.pem"
+key_file = "key.pem"
+profile = "generic"
+
+[hl7]
+listen = "127.0.0.1:2575"
+{extra}
+"#
+        );
+        let path = dir.path().join("wardgate.toml");
+        (dir, path, text)
+    }
+
+    #[test]
+    fn minimal_config_runs_on_defaults() {
+        let (dir, path, text) = with_files("");
+        let c = Config::parse(&text, &path).unwrap();
+        assert_eq!(c.gateway.data_dir, dir.path().join("state"));
+        assert_eq!(c.hl7.max_message_bytes, 1024 * 1024);
+        assert_eq!(c.pseudonym_key_path(), dir.path().join("state/pseudonym.key"));
+        assert_eq!(c.broker_address().unwrap(), BrokerAddress { host: "broker.example".into(), port: 8883 });
+        assert_eq!(c.ttls()[0], Some(Duration::from_secs(168 * 3600)));
+        assert_eq!(c.ttls()[3], None);
+    }
+
+    #[test]
+    fn shipped_example_parses() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/wardgate.toml");
+        let text = std::fs::read_to_string(&example).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        // The example points at /etc/wardgate/*.pem; parse it with those files present here.
+        let text = text.replace("/etc/wardgate/", &format!("{}/", dir.path().display()));
+        for f in ["ca.pem", "gateway.pem", "gateway.key"] {
+            std::fs::write(dir.path().join(f), "x").unwrap();
+        }
+        let c = Config::parse(&text, &example).unwrap();
+        assert_eq!(c.cloud.profile, CloudProfile::Generic);
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_path() {
+        let (_d, path, text) = with_files("max_mesage_bytes = 5");
+        let e = Config::parse(&text, &path).unwrap_err();
+        assert_eq!(e.key, "hl7.max_mesage_bytes");
+        assert!(e.reason.contains("unknown field"), "{e}");
+        assert!(e.to_string().starts_with(&path.display().to_string()));
+    }
+
+    #[test]
+    fn missing_required_key_is_named() {
+        let (_d, path, text) = with_files("");
+        let text = text.replace("listen = \"127.0.0.1:2575\"", "");
+        let e = Config::parse(&text, &path).unwrap_err();
+        assert_eq!(e.key, "hl7.listen");
+        assert!(e.reason.contains("missing field"), "{e}");
+    }
+
+    #[test]
+    fn out_of_range_value_names_key_and_reason() {
+        let (_d, path, text) = with_files("max_message_bytes = 10");
+        let e = Config::parse(&text, &path).unwrap_err();
+        assert_eq!(e.key, "hl7.max_message_bytes");
+        assert!(e.reason.contains("1024"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_names_key_and_line() {
+        let (_d, path, text) = with_files("max_connections = \"many\"");
+        let e = Config::parse(&text, &path).unwrap_err();
+        assert_eq!(e.key, "hl7.max_connections");
+        assert!(e.reason.contains("line"), "{e}");
+    }
+
+    #[test]
+    fn plain_mqtt_is_refused() {
+        let (_d, path, text) = with_files("");
+        let text = text.replace("mqtts://", "mqtt://");
+        let e = Config::parse(&text, &path).unwrap_err();
+        assert_eq!(e.key, "cloud.mqtt_url");
+        assert!(e.reason.contains("TLS"), "{e}");
+    }
+
+    #[test]
+    fn missing_certificate_file_is_named() {
+        let (d, path, text) = with_files("");
+        std::fs::remove_file(d.path().join("key.pem")).unwrap();
+        let e = Config::parse(&text, &path).unwrap_err();
+        assert_eq!(e.key, "cloud.key_file");
+    }
+
+    #[test]
+    fn bad_gateway_id_is_refused() {
+        let (_d, path, text) = with_files("");
+        let text = text.replace("id = \"gw-1\"", "id = \"gw/1\"");
+        assert_eq!(Config::parse(&text, &path).unwrap_err().key, "gateway.id");
+    }
+
+    #[test]
+    fn invalid_toml_names_the_file() {
+        let (_d, path, _) = with_files("");
+        let e = Config::parse("[gateway\nid=", &path).unwrap_err();
+        assert_eq!(e.key, "<file>");
+        assert!(e.reason.contains("TOML"));
+    }
+
+    #[test]
+    fn mqtts_urls() {
+        assert_eq!(parse_mqtts_url("mqtts://h").unwrap().port, 8883);
+        assert_eq!(parse_mqtts_url("mqtts://[::1]:1883").unwrap(), BrokerAddress { host: "::1".into(), port: 1883 });
+        assert!(parse_mqtts_url("mqtts://h:0").is_err());
+        assert!(parse_mqtts_url("mqtts://h:99999").is_err());
+        assert!(parse_mqtts_url("mqtts://u@h:1").is_err());
+        assert!(parse_mqtts_url("http://h").is_err());
+        assert!(parse_mqtts_url("h:1").is_err());
+    }
+}
