@@ -19,6 +19,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::uplink::mqtt::config::BrokerAddress;
+use crate::uplink::mqtt::{MqttUplinkConfig, Profile};
+use crate::uplink::UplinkError;
+
 /// A configuration error: which file, which key, and why.
 #[derive(Debug, thiserror::Error)]
 #[error("{file}: {key}: {reason}")]
@@ -75,18 +79,6 @@ pub struct GatewaySection {
     pub pseudonym_key_file: Option<PathBuf>,
 }
 
-/// The topic and identity scheme used towards the cloud.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum CloudProfile {
-    /// Any MQTT 3.1.1 broker (e.g. mosquitto): topics `wardgate/<gateway.id>/records/<priority>`.
-    Generic,
-    /// Azure IoT Hub's MQTT device endpoint with X.509 authentication.
-    AzureIotHub,
-    /// AWS IoT Core with X.509 authentication; `gateway.id` is the thing name.
-    AwsIotCore,
-}
-
 /// `[cloud]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -100,8 +92,10 @@ pub struct CloudSection {
     pub cert_file: PathBuf,
     /// PEM file of the gateway's private key. Keep it mode 0600 or pass it as a systemd credential.
     pub key_file: PathBuf,
-    /// `generic`, `azure-iot-hub` or `aws-iot-core`.
-    pub profile: CloudProfile,
+    /// `generic` (any MQTT broker; topics `wardgate/<gateway.id>/records/<priority>`),
+    /// `azure-iot-hub` (IoT Hub's MQTT device endpoint, X.509) or `aws-iot-core` (X.509,
+    /// `gateway.id` is the thing name). Topics and limits: `uplink/mqtt/mod.rs`, README.
+    pub profile: Profile,
     /// Publishes awaiting their PUBACK at once (1–1000). Default 64.
     #[serde(default = "defaults::inflight_window")]
     pub inflight_window: u16,
@@ -110,6 +104,14 @@ pub struct CloudSection {
     /// may only be lowered.
     #[serde(default)]
     pub max_payload_bytes: Option<usize>,
+    /// Most records in one publish (1–4096). 1 sends one record per MQTT message, for
+    /// cloud pipelines that want that; it costs throughput. Default 4096.
+    #[serde(default = "defaults::max_records_per_publish")]
+    pub max_records_per_publish: usize,
+    /// Seconds the oldest publish may wait for its PUBACK before the connection is
+    /// considered dead and re-established (1–3600). Default 60.
+    #[serde(default = "defaults::ack_timeout_secs")]
+    pub ack_timeout_secs: u64,
     /// MQTT keep-alive, in seconds (5–1177). Default 60.
     #[serde(default = "defaults::keep_alive_secs")]
     pub keep_alive_secs: u64,
@@ -217,14 +219,23 @@ impl Default for TtlHours {
 }
 
 /// `[phi]`
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PhiSection {
-    /// Observation codes (OBX-3 identifier, e.g. `MDC_ATTR_ALERT_SOURCE` or `184326`) whose
-    /// free-text values (OBX-2 `ST`, `TX`, `FT`) may leave the gateway. Every other free-text
-    /// value is dropped: free text can name a patient. Default: none.
-    #[serde(default)]
+    /// Observation codes (OBX-3 identifier or reference id, e.g. `MDC_ATTR_ALERT_SOURCE` or
+    /// `184326`) whose free-text values (OBX-2 `ST`, `TX`, `FT`) may leave the gateway. Every
+    /// other free-text value is replaced by "withheld": free text can name a patient.
+    /// Default: the IHE PCD-04 alarm attributes whose values are enumerations, not prose
+    /// (`MDC_ATTR_EVENT_PHASE`, `MDC_ATTR_ALARM_STATE`, `MDC_ATTR_ALARM_INACTIVATION_STATE`,
+    /// `MDC_ATTR_ALARM_PRIORITY`, `MDC_ATTR_ALERT_TYPE`). Setting the key replaces the default.
+    #[serde(default = "defaults::free_text_allowed_codes")]
     pub free_text_allowed_codes: BTreeSet<String>,
+}
+
+impl Default for PhiSection {
+    fn default() -> Self {
+        PhiSection { free_text_allowed_codes: defaults::free_text_allowed_codes() }
+    }
 }
 
 /// `[logging]`
@@ -256,6 +267,12 @@ mod defaults {
     use super::AckModeSetting;
     pub const fn inflight_window() -> u16 {
         64
+    }
+    pub const fn max_records_per_publish() -> usize {
+        4096
+    }
+    pub const fn ack_timeout_secs() -> u64 {
+        60
     }
     pub const fn keep_alive_secs() -> u64 {
         60
@@ -301,18 +318,21 @@ mod defaults {
     pub const fn ttl_state() -> Option<u64> {
         Some(720)
     }
+    pub fn free_text_allowed_codes() -> std::collections::BTreeSet<String> {
+        [
+            "MDC_ATTR_EVENT_PHASE",
+            "MDC_ATTR_ALARM_STATE",
+            "MDC_ATTR_ALARM_INACTIVATION_STATE",
+            "MDC_ATTR_ALARM_PRIORITY",
+            "MDC_ATTR_ALERT_TYPE",
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect()
+    }
     pub fn log_level() -> String {
         "info".to_owned()
     }
-}
-
-/// Where the broker is, from `cloud.mqtt_url`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BrokerAddress {
-    /// Host name or IP literal (without brackets).
-    pub host: String,
-    /// TCP port.
-    pub port: u16,
 }
 
 impl Config {
@@ -385,8 +405,8 @@ impl Config {
             return err("gateway.data_dir", "must not be empty".into());
         }
 
-        if let Err(reason) = self.broker_address() {
-            return err("cloud.mqtt_url", reason);
+        if let Err(e) = BrokerAddress::parse(&self.cloud.mqtt_url) {
+            return err("cloud.mqtt_url", uplink_reason(e));
         }
         for (key, path) in [
             ("cloud.ca_file", &self.cloud.ca_file),
@@ -401,13 +421,22 @@ impl Config {
             return err("cloud.inflight_window", format!("must be 1–1000, is {}", self.cloud.inflight_window));
         }
         if let Some(max) = self.cloud.max_payload_bytes {
-            let limit = profile_payload_limit(self.cloud.profile);
+            let limit = self.cloud.profile.max_payload_bytes();
             if !(1024..=limit).contains(&max) {
                 return err(
                     "cloud.max_payload_bytes",
                     format!("must be 1024–{limit} for this profile, is {max}"),
                 );
             }
+        }
+        if !(1..=4096).contains(&self.cloud.max_records_per_publish) {
+            return err(
+                "cloud.max_records_per_publish",
+                format!("must be 1–4096, is {}", self.cloud.max_records_per_publish),
+            );
+        }
+        if !(1..=3600).contains(&self.cloud.ack_timeout_secs) {
+            return err("cloud.ack_timeout_secs", format!("must be 1–3600, is {}", self.cloud.ack_timeout_secs));
         }
         if !(5..=1177).contains(&self.cloud.keep_alive_secs) {
             return err("cloud.keep_alive_secs", format!("must be 5–1177, is {}", self.cloud.keep_alive_secs));
@@ -468,15 +497,37 @@ impl Config {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.logging.level) {
             return err("logging.level", format!("not a valid filter: {e}"));
         }
+        // The uplink's own rules (profile limits on ids and keep-alive, values rumqttc
+        // would panic on) are checked by the code that applies them, not restated here.
+        if let Err(e) = self.mqtt_uplink().plan() {
+            let key = match &e {
+                UplinkError::Config { key, .. } => config_key_of_uplink_field(key),
+                _ => "cloud".to_owned(),
+            };
+            return err(&key, uplink_reason(e));
+        }
         Ok(())
     }
 
-    /// The broker's host and port from `cloud.mqtt_url`.
-    ///
-    /// # Errors
-    /// Why the URL is not an `mqtts://host[:port]` URL.
-    pub fn broker_address(&self) -> Result<BrokerAddress, String> {
-        parse_mqtts_url(&self.cloud.mqtt_url)
+    /// The MQTT uplink's configuration.
+    #[must_use]
+    pub fn mqtt_uplink(&self) -> MqttUplinkConfig {
+        let cloud = &self.cloud;
+        MqttUplinkConfig {
+            url: cloud.mqtt_url.clone(),
+            ca_file: cloud.ca_file.clone(),
+            cert_file: cloud.cert_file.clone(),
+            key_file: cloud.key_file.clone(),
+            gateway_id: self.gateway.id.clone(),
+            profile: cloud.profile,
+            inflight_window: cloud.inflight_window,
+            max_payload_bytes: self.max_payload_bytes(),
+            max_records_per_publish: cloud.max_records_per_publish,
+            keep_alive: Duration::from_secs(cloud.keep_alive_secs),
+            backoff_min: Duration::from_millis(cloud.backoff_min_ms),
+            backoff_max: Duration::from_secs(cloud.backoff_max_secs),
+            ack_timeout: Duration::from_secs(cloud.ack_timeout_secs),
+        }
     }
 
     /// Where the pseudonym key lives.
@@ -491,7 +542,7 @@ impl Config {
     /// The largest MQTT payload to publish.
     #[must_use]
     pub fn max_payload_bytes(&self) -> usize {
-        self.cloud.max_payload_bytes.unwrap_or_else(|| profile_payload_limit(self.cloud.profile))
+        self.cloud.max_payload_bytes.unwrap_or_else(|| self.cloud.profile.max_payload_bytes())
     }
 
     /// Per-class TTLs, indexed by `Priority::as_u8()`.
@@ -503,49 +554,26 @@ impl Config {
     }
 }
 
-/// The largest payload a profile's service accepts.
-#[must_use]
-pub const fn profile_payload_limit(profile: CloudProfile) -> usize {
-    match profile {
-        CloudProfile::Generic | CloudProfile::AzureIotHub => 256 * 1024,
-        CloudProfile::AwsIotCore => 128 * 1024,
-    }
+/// The config key of an uplink field named in an [`UplinkError::Config`].
+fn config_key_of_uplink_field(field: &str) -> String {
+    let key = match field {
+        "gateway_id" => return "gateway.id".to_owned(),
+        "url" => "mqtt_url",
+        "keep_alive" => "keep_alive_secs",
+        "backoff_min" => "backoff_min_ms",
+        "backoff_max" => "backoff_max_secs",
+        "ack_timeout" => "ack_timeout_secs",
+        other => other,
+    };
+    format!("cloud.{key}")
 }
 
-fn parse_mqtts_url(url: &str) -> Result<BrokerAddress, String> {
-    let rest = match url.split_once("://") {
-        Some(("mqtts" | "ssl" | "tls", rest)) => rest,
-        Some((scheme, _)) => {
-            return Err(format!("scheme {scheme:?} is not allowed: use mqtts:// (TLS is required off the box)"))
-        }
-        None => return Err("must look like mqtts://host:port".into()),
-    };
-    let authority = rest.strip_suffix('/').unwrap_or(rest);
-    if authority.is_empty() || authority.contains(['/', '?', '#', '@']) {
-        return Err("must look like mqtts://host:port (no path, query or user info)".into());
+/// The reason part of an uplink error, without its own key prefix.
+fn uplink_reason(e: UplinkError) -> String {
+    match e {
+        UplinkError::Config { reason, .. } => reason,
+        other => other.to_string(),
     }
-    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let (host, after) = v6.split_once(']').ok_or("unclosed [ in IPv6 address")?;
-        let port = match after.strip_prefix(':') {
-            Some(p) => Some(p),
-            None if after.is_empty() => None,
-            None => return Err("unexpected text after IPv6 address".into()),
-        };
-        (host.to_owned(), port)
-    } else {
-        match authority.rsplit_once(':') {
-            Some((h, p)) => (h.to_owned(), Some(p)),
-            None => (authority.to_owned(), None),
-        }
-    };
-    if host.is_empty() {
-        return Err("host is missing".into());
-    }
-    let port = match port {
-        Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| format!("port {p:?} is not 1–65535"))?,
-        None => 8883,
-    };
-    Ok(BrokerAddress { host, port })
 }
 
 /// Builds the key path for an error: serde reports a missing field at its parent, so the
@@ -610,7 +638,8 @@ listen = "127.0.0.1:2575"
         assert_eq!(c.gateway.data_dir, dir.path().join("state"));
         assert_eq!(c.hl7.max_message_bytes, 1024 * 1024);
         assert_eq!(c.pseudonym_key_path(), dir.path().join("state/pseudonym.key"));
-        assert_eq!(c.broker_address().unwrap(), BrokerAddress { host: "broker.example".into(), port: 8883 });
+        let plan = c.mqtt_uplink().plan().unwrap();
+        assert_eq!(plan.topic(wardgate_proto::Priority::Alarm), "wardgate/gw-1/records/alarm");
         assert_eq!(c.ttls()[0], Some(Duration::from_secs(168 * 3600)));
         assert_eq!(c.ttls()[3], None);
     }
@@ -626,7 +655,7 @@ listen = "127.0.0.1:2575"
             std::fs::write(dir.path().join(f), "x").unwrap();
         }
         let c = Config::parse(&text, &example).unwrap();
-        assert_eq!(c.cloud.profile, CloudProfile::Generic);
+        assert_eq!(c.cloud.profile, Profile::Generic);
     }
 
     #[test]
@@ -696,13 +725,11 @@ listen = "127.0.0.1:2575"
     }
 
     #[test]
-    fn mqtts_urls() {
-        assert_eq!(parse_mqtts_url("mqtts://h").unwrap().port, 8883);
-        assert_eq!(parse_mqtts_url("mqtts://[::1]:1883").unwrap(), BrokerAddress { host: "::1".into(), port: 1883 });
-        assert!(parse_mqtts_url("mqtts://h:0").is_err());
-        assert!(parse_mqtts_url("mqtts://h:99999").is_err());
-        assert!(parse_mqtts_url("mqtts://u@h:1").is_err());
-        assert!(parse_mqtts_url("http://h").is_err());
-        assert!(parse_mqtts_url("h:1").is_err());
+    fn profile_rules_are_reported_under_cloud_keys() {
+        // AWS thing names may not contain '.', which gateway.id otherwise allows.
+        let (_d, path, text) = with_files("");
+        let text = text.replace("id = \"gw-1\"", "id = \"gw.1\"").replace("\"generic\"", "\"aws-iot-core\"");
+        let e = Config::parse(&text, &path).unwrap_err();
+        assert_eq!(e.key, "gateway.id", "{e}");
     }
 }

@@ -1,0 +1,809 @@
+//! The demo's orchestration: start order, the run, stop order, the summary (see the
+//! invariants in the parent module).
+
+use std::future::Future;
+use std::io::{IsTerminal, Write};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::watch;
+
+use super::broker::core::AccessPolicy;
+use super::broker::{self, Broker, BrokerConfig, IngressTap};
+use super::certs::{self, DemoPki};
+use super::leak::{LeakLedger, LeakReport, LeakScanner};
+use super::monitors::{days_since_epoch, run_monitor, MonitorSim};
+use super::tally::{DemoTally, TallySnapshot};
+use super::viewer::{self, Console, Style, Viewer, ViewerConfig};
+use crate::config::Config;
+use crate::daemon::Gateway;
+
+/// The demo gateway's id (and its certificate's CN).
+pub const GATEWAY_ID: &str = "wardgate-demo-gw";
+/// The viewer's certificate CN: the broker lets it read everything and publish nothing.
+pub const VIEWER_CN: &str = "wardgate-demo-viewer";
+/// Topic root of the generic cloud profile.
+pub const TOPIC_ROOT: &str = "wardgate";
+/// Default run time.
+pub const DEFAULT_DURATION: Duration = Duration::from_secs(20);
+/// Default number of monitors.
+pub const DEFAULT_MONITORS: usize = 4;
+/// Most monitors (each is a TCP connection and a synthetic patient).
+pub const MAX_MONITORS: usize = 64;
+/// How long to wait at the end for acknowledged records to reach the cloud.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
+/// Interval of the status line.
+const STATUS_EVERY: Duration = Duration::from_secs(5);
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// How long the monitors send; `None` runs until Ctrl-C (`--duration 0`).
+    pub duration: Option<Duration>,
+    /// Number of simulated monitors (1–[`MAX_MONITORS`]).
+    pub monitors: usize,
+    /// Each monitor sends a report every `period` (at least 100 ms).
+    pub period: Duration,
+    /// Seed of the simulated vital signs; random if `None`.
+    pub seed: Option<u64>,
+}
+
+impl Default for DemoOptions {
+    fn default() -> Self {
+        DemoOptions {
+            duration: Some(DEFAULT_DURATION),
+            monitors: DEFAULT_MONITORS,
+            period: Duration::from_secs(1),
+            seed: None,
+        }
+    }
+}
+
+/// The outcome of a run.
+#[derive(Debug, Clone)]
+pub struct DemoSummary {
+    /// How long the monitors ran.
+    pub ran_for: Duration,
+    /// Monitors simulated.
+    pub monitors: usize,
+    /// Message and record counts.
+    pub counts: TallySnapshot,
+    /// What the leak check scanned and found.
+    pub leak_report: LeakReport,
+    /// Whether Ctrl-C ended the run.
+    pub interrupted: bool,
+}
+
+impl DemoSummary {
+    /// HL7 messages sent.
+    #[must_use]
+    pub fn sent(&self) -> u64 {
+        self.counts.sent
+    }
+
+    /// Messages the gateway acknowledged (AA/CA).
+    #[must_use]
+    pub fn acked(&self) -> u64 {
+        self.counts.acked
+    }
+
+    /// Distinct records the cloud received.
+    #[must_use]
+    pub fn received(&self) -> u64 {
+        self.counts.records
+    }
+
+    /// Planted identifiers found (packet or file hits).
+    #[must_use]
+    pub fn leaks(&self) -> u64 {
+        self.leak_report.leaks()
+    }
+
+    /// No leak, something acknowledged, every acknowledged message delivered, every
+    /// message answered with AA/CA, and every cloud payload decodable.
+    #[must_use]
+    pub fn passed(&self) -> bool {
+        let c = &self.counts;
+        self.leaks() == 0
+            && c.acked > 0
+            && c.undelivered == 0
+            && c.errors == 0
+            && c.rejected == 0
+            && c.failed == 0
+            && c.undecodable == 0
+    }
+}
+
+/// Why the demo could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// The options are out of range.
+    #[error("invalid demo options: {0}")]
+    Options(String),
+    /// The temporary directory could not be prepared.
+    #[error("demo work directory {path}: {source}")]
+    WorkDir {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The throwaway PKI could not be created.
+    #[error(transparent)]
+    Certs(#[from] certs::CertError),
+    /// The stand-in broker could not start.
+    #[error(transparent)]
+    Broker(#[from] broker::BrokerError),
+    /// The viewer could not subscribe.
+    #[error(transparent)]
+    Viewer(#[from] viewer::ViewerError),
+    /// The generated gateway config was refused (a bug in the demo or the config code).
+    #[error("demo gateway config: {0}")]
+    Config(#[from] crate::config::ConfigError),
+    /// The gateway could not start.
+    #[error("gateway: {0}")]
+    Gateway(#[from] crate::daemon::DaemonError),
+    /// The data directory could not be scanned for leaks.
+    #[error("scanning the gateway's data directory: {0}")]
+    Scan(std::io::Error),
+}
+
+/// Runs the demo with output on stdout (coloured on a terminal unless `NO_COLOR` is
+/// set), until the duration ends or Ctrl-C. Ctrl-C is caught from the start, so even
+/// during start-up it leads to a clean stop (bounded: at most the drain timeout plus the
+/// gateway's own shutdown bound) and the temporary directory is removed.
+///
+/// # Errors
+/// A [`DemoError`] if a component cannot start. A run that starts but finds a leak or
+/// loses a message returns `Ok` with [`DemoSummary::passed`] false.
+pub async fn run(options: DemoOptions) -> Result<DemoSummary, DemoError> {
+    let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let (interrupted_tx, mut interrupted) = watch::channel(false);
+    let listener = tokio::spawn(async move {
+        match tokio::signal::ctrl_c().await {
+            Ok(()) => {
+                let _ = interrupted_tx.send(true);
+            }
+            Err(e) => {
+                // Without a handler Ctrl-C kills the process; the duration still ends the demo.
+                tracing::warn!(error = %e, "cannot listen for Ctrl-C");
+                std::future::pending::<()>().await;
+            }
+        }
+    });
+    let interrupt = async move {
+        let _ = interrupted.wait_for(|&yes| yes).await;
+    };
+    let outcome = run_with_output(options, Box::new(std::io::stdout()), colour, interrupt).await;
+    listener.abort();
+    outcome
+}
+
+/// Runs the demo, writing to `out`; `interrupt` completing ends it early (as Ctrl-C).
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_with_output(
+    options: DemoOptions,
+    out: Box<dyn Write + Send>,
+    colour: bool,
+    interrupt: impl Future<Output = ()>,
+) -> Result<DemoSummary, DemoError> {
+    if !(1..=MAX_MONITORS).contains(&options.monitors) {
+        return Err(DemoError::Options(format!(
+            "monitors must be 1–{MAX_MONITORS}, is {}",
+            options.monitors
+        )));
+    }
+    if options.period < Duration::from_millis(100) {
+        return Err(DemoError::Options(format!(
+            "period must be at least 100 ms, is {:?}",
+            options.period
+        )));
+    }
+    if options.duration == Some(Duration::ZERO) {
+        return Err(DemoError::Options(
+            "duration must be positive (None runs until Ctrl-C)".into(),
+        ));
+    }
+    let console = Arc::new(Console::new(out, colour));
+    let work = WorkDir::create()?;
+    let outcome = run_in(&options, &console, work.path(), interrupt).await;
+    if let Err(e) = &outcome {
+        console.line(&console.paint(Style::Red, &format!("demo failed: {e}")));
+    }
+    drop(work);
+    outcome
+}
+
+async fn run_in(
+    options: &DemoOptions,
+    console: &Arc<Console>,
+    work: &Path,
+    interrupt: impl Future<Output = ()>,
+) -> Result<DemoSummary, DemoError> {
+    let now = SystemTime::now();
+    let pki_dir = work.join("pki");
+    make_private_dir(&pki_dir)?;
+    let pki = DemoPki::generate(&pki_dir, GATEWAY_ID, VIEWER_CN, now)?;
+
+    let today = days_since_epoch(now);
+    let seed = options.seed.unwrap_or_else(|| fastrand::u64(..));
+    let sims: Vec<MonitorSim> = (0..options.monitors)
+        .map(|i| MonitorSim::new(i, today, seed))
+        .collect();
+    let ledger = Arc::new(LeakLedger::new(LeakScanner::new(
+        sims.iter()
+            .flat_map(|s| s.patient().planted_identifiers())
+            .collect(),
+    )));
+    let tally = Arc::new(DemoTally::default());
+
+    let tap: IngressTap = {
+        let (ledger, console) = (ledger.clone(), console.clone());
+        Arc::new(move |identity: &str, packet: &[u8]| {
+            let found = ledger.scan_cloud(identity, packet);
+            if found > 0 {
+                console.line(&console.paint(
+                    Style::Red,
+                    &format!(
+                        "LEAK: the broker received {found} planted identifier(s) from {identity}"
+                    ),
+                ));
+            }
+        })
+    };
+    let broker = Broker::start(BrokerConfig {
+        listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+        cert_chain: vec![pki.broker.cert_der()],
+        key: pki.broker.key_der(),
+        client_ca: pki.ca_der(),
+        policy: AccessPolicy::new(TOPIC_ROOT, VIEWER_CN),
+        tap: Some(tap),
+    })
+    .await?;
+
+    let viewer = Viewer::start(
+        ViewerConfig {
+            broker: broker.local_addr(),
+            ca: pki.ca_der(),
+            cert: pki.viewer.cert_der(),
+            key: pki.viewer.key_der(),
+            client_id: VIEWER_CN.to_owned(),
+            filter: format!("{TOPIC_ROOT}/#"),
+        },
+        console.clone(),
+        tally.clone(),
+        ledger.clone(),
+    )
+    .await;
+    let viewer = match viewer {
+        Ok(viewer) => viewer,
+        Err(e) => {
+            broker.shutdown().await;
+            return Err(e.into());
+        }
+    };
+
+    let data_dir = work.join("data");
+    let gateway = match start_gateway(work, &data_dir, broker.local_addr(), &pki).await {
+        Ok(gateway) => gateway,
+        Err(e) => {
+            viewer.stop().await;
+            broker.shutdown().await;
+            return Err(e);
+        }
+    };
+
+    print_header(
+        console,
+        options,
+        &broker,
+        &gateway,
+        &pki,
+        ledger.scanner().identifiers().len(),
+    );
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut monitor_tasks = tokio::task::JoinSet::new();
+    let count = u32::try_from(options.monitors).unwrap_or(1);
+    for (i, sim) in sims.into_iter().enumerate() {
+        // Spread the monitors over the period so the stream is steady, not bursty.
+        let offset = options.period / count * u32::try_from(i).unwrap_or(0);
+        monitor_tasks.spawn(run_monitor(
+            sim,
+            gateway.hl7_addr(),
+            options.period,
+            offset,
+            tally.clone(),
+            console.clone(),
+            stop_rx.clone(),
+        ));
+    }
+
+    let started = Instant::now();
+    let interrupted = wait_for_end(console, options.duration, &tally, interrupt).await;
+    let ran_for = started.elapsed();
+
+    console.line(&console.paint(Style::Bold, "stopping the monitors…"));
+    let _ = stop_tx.send(true);
+    while monitor_tasks.join_next().await.is_some() {}
+
+    drain(console, &tally).await;
+
+    gateway.shutdown().await;
+    viewer.stop().await;
+    broker.shutdown().await;
+
+    // The spool is closed now: whatever the gateway wrote is on disk, WAL included.
+    ledger.scan_dir(&data_dir).map_err(DemoError::Scan)?;
+
+    let summary = DemoSummary {
+        ran_for,
+        monitors: options.monitors,
+        counts: tally.snapshot(),
+        leak_report: ledger.report(),
+        interrupted,
+    };
+    print_summary(console, &summary);
+    Ok(summary)
+}
+
+async fn start_gateway(
+    work: &Path,
+    data_dir: &Path,
+    broker: SocketAddr,
+    pki: &DemoPki,
+) -> Result<Gateway, DemoError> {
+    let config_path = work.join("wardgate.toml");
+    let text = gateway_config(data_dir, broker, pki)?;
+    std::fs::write(&config_path, &text).map_err(|source| DemoError::WorkDir {
+        path: config_path.clone(),
+        source,
+    })?;
+    let config = Config::parse(&text, &config_path)?;
+    Ok(Gateway::start(config).await?)
+}
+
+/// The gateway's config: only the required keys, everything else at its default.
+fn gateway_config(data_dir: &Path, broker: SocketAddr, pki: &DemoPki) -> Result<String, DemoError> {
+    let path = |p: &Path| {
+        p.to_str()
+            .map(str::to_owned)
+            .ok_or_else(|| DemoError::WorkDir {
+                path: p.to_path_buf(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, "path is not UTF-8"),
+            })
+    };
+    let mut gateway = toml::Table::new();
+    gateway.insert("id".into(), GATEWAY_ID.into());
+    gateway.insert("data_dir".into(), path(data_dir)?.into());
+    let mut cloud = toml::Table::new();
+    cloud.insert("mqtt_url".into(), format!("mqtts://{broker}").into());
+    cloud.insert("ca_file".into(), path(&pki.ca_file)?.into());
+    cloud.insert("cert_file".into(), path(&pki.gateway.cert_file)?.into());
+    cloud.insert("key_file".into(), path(&pki.gateway.key_file)?.into());
+    cloud.insert("profile".into(), "generic".into());
+    let mut hl7 = toml::Table::new();
+    hl7.insert(
+        "listen".into(),
+        SocketAddr::from((Ipv4Addr::LOCALHOST, 0))
+            .to_string()
+            .into(),
+    );
+    let mut root = toml::Table::new();
+    root.insert("gateway".into(), gateway.into());
+    root.insert("cloud".into(), cloud.into());
+    root.insert("hl7".into(), hl7.into());
+    Ok(format!(
+        "# Generated by `wardgate demo`; deleted when it ends.\n{root}"
+    ))
+}
+
+/// Waits for the duration or the interrupt, printing a status line now and then.
+/// Returns whether it was interrupted.
+async fn wait_for_end(
+    console: &Console,
+    duration: Option<Duration>,
+    tally: &DemoTally,
+    interrupt: impl Future<Output = ()>,
+) -> bool {
+    let deadline = async {
+        match duration {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    let mut status =
+        tokio::time::interval_at(tokio::time::Instant::now() + STATUS_EVERY, STATUS_EVERY);
+    tokio::pin!(deadline, interrupt);
+    loop {
+        tokio::select! {
+            () = &mut deadline => return false,
+            () = &mut interrupt => return true,
+            _ = status.tick() => print_status(console, tally),
+        }
+    }
+}
+
+fn print_status(console: &Console, tally: &DemoTally) {
+    let s = tally.snapshot();
+    console.line(&console.paint(
+        Style::Dim,
+        &format!(
+            "{}  — sent {}  acked {}  received by cloud {}  (alarms {})",
+            console.elapsed(),
+            s.sent,
+            s.acked,
+            s.records,
+            s.alarm_records
+        ),
+    ));
+}
+
+/// Gives the cloud time to receive every acknowledged record.
+async fn drain(console: &Console, tally: &DemoTally) {
+    let pending = tally.snapshot().undelivered;
+    if pending == 0 {
+        return;
+    }
+    console.line(&format!(
+        "waiting for the cloud to receive the last {pending} acknowledged record(s)…"
+    ));
+    let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+    while tally.snapshot().undelivered > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn print_header(
+    console: &Console,
+    options: &DemoOptions,
+    broker: &Broker,
+    gateway: &Gateway,
+    pki: &DemoPki,
+    identifiers: usize,
+) {
+    let bold = |s: &str| console.paint(Style::Bold, s);
+    console.line(&bold("wardgate demo"));
+    console.line(&format!(
+        "  cloud     stand-in MQTT broker on mqtts://{} (mutual TLS, throwaway CA)",
+        broker.local_addr()
+    ));
+    console.line(&format!(
+        "  gateway   {GATEWAY_ID}: HL7/MLLP on {} → PHI rules → SQLite spool → MQTT uplink",
+        gateway.hl7_addr()
+    ));
+    console.line(&format!(
+        "  certs     {}",
+        pki.ca_file
+            .parent()
+            .map_or_else(String::new, |p| p.display().to_string())
+    ));
+    let how_long = match options.duration {
+        Some(d) => format!("for {} s", d.as_secs_f64()),
+        None => "until Ctrl-C".to_owned(),
+    };
+    console.line(&format!(
+        "  monitors  {} simulated IHE PCD-01 monitors, one report per {:?} each, {how_long}",
+        options.monitors, options.period
+    ));
+    console.line(&format!(
+        "  PHI       {identifiers} synthetic identifiers (names, MRNs, birth dates, addresses, phones, SSNs, notes) \
+         planted in PID/NTE/NK1/PV1; every byte the cloud receives is checked for each of them"
+    ));
+    console.line("");
+    console.line(&console.paint(Style::Bold, "what the cloud receives:"));
+}
+
+fn print_summary(console: &Console, summary: &DemoSummary) {
+    let c = &summary.counts;
+    let r = &summary.leak_report;
+    let bold = |s: &str| console.paint(Style::Bold, s);
+    console.line("");
+    console.line(&bold("summary"));
+    let ended = if summary.interrupted {
+        " (interrupted)"
+    } else {
+        ""
+    };
+    console.line(&format!(
+        "  ran for           {:.1} s{ended}, {} monitors",
+        summary.ran_for.as_secs_f64(),
+        summary.monitors
+    ));
+    console.line(&format!(
+        "  HL7 sent          {} ({} PCD-04 alarms)",
+        c.sent, c.alarms_sent
+    ));
+    console.line(&format!(
+        "  acknowledged      {} AA/CA, {} AE/CE, {} AR/CR, {} without ACK",
+        c.acked, c.errors, c.rejected, c.failed
+    ));
+    console.line(&format!(
+        "  cloud received    {} records ({} alarms), {} repeats, {} acknowledged but missing",
+        c.records, c.alarm_records, c.duplicates, c.undelivered
+    ));
+    console.line(&format!(
+        "  leak check        {} identifiers × {} packets ({} bytes) at the broker, {} files ({} bytes) in the gateway's data directory",
+        r.identifiers, r.packets_scanned, r.bytes_scanned, r.files_scanned, r.file_bytes_scanned
+    ));
+    if r.findings.is_empty() {
+        console.line(&console.paint(
+            Style::Green,
+            "  verdict           none of the planted identifiers appeared in anything the cloud received or the gateway stored",
+        ));
+    } else {
+        console.line(&console.paint(
+            Style::Red,
+            &format!("  verdict           {} LEAK(S):", r.leaks()),
+        ));
+        for f in &r.findings {
+            console.line(&console.paint(
+                Style::Red,
+                &format!(
+                    "    {} {:?} in {} ({}×)",
+                    f.kind.label(),
+                    f.value,
+                    f.place,
+                    f.count
+                ),
+            ));
+        }
+    }
+    let result = if summary.passed() {
+        console.paint(Style::Green, "PASS")
+    } else {
+        console.paint(Style::Red, "FAIL")
+    };
+    console.line(&format!("  result            {result}"));
+}
+
+fn make_private_dir(path: &Path) -> Result<(), DemoError> {
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(path)
+        .map_err(|source| DemoError::WorkDir {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// A private (0700) temporary directory, removed when dropped.
+struct WorkDir {
+    path: PathBuf,
+}
+
+impl WorkDir {
+    fn create() -> Result<WorkDir, DemoError> {
+        let base = std::env::temp_dir();
+        let mut last_error = None;
+        for _ in 0..8 {
+            let path = base.join(format!(
+                "wardgate-demo-{}-{:016x}",
+                std::process::id(),
+                fastrand::u64(..)
+            ));
+            match make_private_dir(&path) {
+                Ok(()) => return Ok(WorkDir { path }),
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| DemoError::WorkDir {
+            path: base,
+            source: std::io::Error::other("could not create a unique directory"),
+        }))
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.path) {
+            tracing::warn!(path = %self.path.display(), error = %e, "could not remove the demo's temporary directory");
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // Tests may unwrap (house rule).
+mod tests {
+    use super::super::patients::SyntheticPatient;
+    use super::*;
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+
+    #[test]
+    fn generated_config_is_accepted_by_the_gateway_parser() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = DemoPki::generate(dir.path(), GATEWAY_ID, VIEWER_CN, SystemTime::now()).unwrap();
+        let broker: SocketAddr = "127.0.0.1:18883".parse().unwrap();
+        let text = gateway_config(&dir.path().join("data"), broker, &pki).unwrap();
+        let config = Config::parse(&text, &dir.path().join("wardgate.toml")).unwrap();
+        assert_eq!(config.gateway.id, GATEWAY_ID);
+        assert_eq!(config.cloud.mqtt_url, "mqtts://127.0.0.1:18883");
+        assert_eq!(config.hl7.listen.port(), 0);
+    }
+
+    #[test]
+    fn options_are_validated() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        for options in [
+            DemoOptions {
+                monitors: 0,
+                ..DemoOptions::default()
+            },
+            DemoOptions {
+                monitors: MAX_MONITORS + 1,
+                ..DemoOptions::default()
+            },
+            DemoOptions {
+                period: Duration::from_millis(10),
+                ..DemoOptions::default()
+            },
+            DemoOptions {
+                duration: Some(Duration::ZERO),
+                ..DemoOptions::default()
+            },
+        ] {
+            let result = rt.block_on(run_with_output(
+                options,
+                Box::new(std::io::sink()),
+                false,
+                std::future::pending(),
+            ));
+            assert!(matches!(result, Err(DemoError::Options(_))));
+        }
+    }
+
+    /// A shared buffer the test can read after the demo wrote to it.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The whole demo, end to end: real gateway, real TLS, real MLLP.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn demo_delivers_records_without_leaking_planted_identifiers() {
+        let captured = Captured::default();
+        let options = DemoOptions {
+            duration: Some(Duration::from_secs(6)),
+            monitors: 2,
+            period: Duration::from_millis(500),
+            seed: Some(7),
+        };
+        let summary = run_with_output(
+            options,
+            Box::new(captured.clone()),
+            false,
+            std::future::pending(),
+        )
+        .await
+        .unwrap();
+        let output = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+
+        assert!(summary.acked() >= 10, "{summary:?}\n{output}");
+        assert!(
+            summary.received() >= summary.acked(),
+            "{summary:?}\n{output}"
+        );
+        assert!(
+            summary.counts.alarm_records >= 1,
+            "monitor 0 desaturates early: {summary:?}\n{output}"
+        );
+        assert_eq!(summary.leaks(), 0, "{output}");
+        assert!(
+            summary.leak_report.packets_scanned > 0 && summary.leak_report.files_scanned > 0,
+            "{summary:?}"
+        );
+        assert!(summary.passed(), "{summary:?}\n{output}");
+        assert!(
+            output.contains("SpO2 ") && output.contains("✓ no PHI"),
+            "{output}"
+        );
+        assert!(
+            output.contains("none of the planted identifiers appeared"),
+            "{output}"
+        );
+        // The planted identifiers are in what the monitors send, not in what the cloud shows.
+        let patient = SyntheticPatient::new(0, days_since_epoch(SystemTime::now()));
+        assert!(
+            !output.contains(&patient.family) && !output.contains(&patient.mrn),
+            "{output}"
+        );
+    }
+
+    /// The verdict is not vacuous: an identifier that does reach the broker is found,
+    /// even in another letter case, and named in the report.
+    #[tokio::test]
+    async fn leak_check_catches_an_identifier_published_to_the_cloud() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = DemoPki::generate(dir.path(), GATEWAY_ID, VIEWER_CN, SystemTime::now()).unwrap();
+        let patient = SyntheticPatient::new(0, days_since_epoch(SystemTime::now()));
+        let ledger = Arc::new(LeakLedger::new(LeakScanner::new(
+            patient.planted_identifiers(),
+        )));
+        let tap: IngressTap = {
+            let ledger = ledger.clone();
+            Arc::new(move |identity: &str, packet: &[u8]| {
+                ledger.scan_cloud(identity, packet);
+            })
+        };
+        let broker = Broker::start(BrokerConfig {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            cert_chain: vec![pki.broker.cert_der()],
+            key: pki.broker.key_der(),
+            client_ca: pki.ca_der(),
+            policy: AccessPolicy::new(TOPIC_ROOT, VIEWER_CN),
+            tap: Some(tap),
+        })
+        .await
+        .unwrap();
+
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(pki.ca_der()).unwrap();
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(vec![pki.gateway.cert_der()], pki.gateway.key_der())
+            .unwrap();
+        let addr = broker.local_addr();
+        let mut options = MqttOptions::new(GATEWAY_ID, addr.ip().to_string(), addr.port());
+        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            Arc::new(tls),
+        )));
+        let (client, mut events) = AsyncClient::new(options, 10);
+        let leaky = format!(
+            "{{\"note\":\"{}\"}}",
+            patient.mrn.to_ascii_lowercase() + " " + &patient.family.to_ascii_uppercase()
+        );
+        client
+            .publish(
+                format!("{TOPIC_ROOT}/{GATEWAY_ID}/records/observation"),
+                QoS::AtLeastOnce,
+                false,
+                leaky,
+            )
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !matches!(
+                events.poll().await.unwrap(),
+                Event::Incoming(Packet::PubAck(_))
+            ) {}
+        })
+        .await
+        .unwrap();
+        broker.shutdown().await;
+
+        let report = ledger.report();
+        assert_eq!(report.leaks(), 2, "{report:?}");
+        let values: Vec<&str> = report.findings.iter().map(|f| f.value.as_str()).collect();
+        assert!(
+            values.contains(&patient.mrn.as_str()) && values.contains(&patient.family.as_str()),
+            "{values:?}"
+        );
+        assert!(report
+            .findings
+            .iter()
+            .all(|f| f.place == format!("broker ingress from {GATEWAY_ID}")));
+    }
+}

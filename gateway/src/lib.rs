@@ -1,0 +1,14 @@
+//! The wardgate daemon as a library: the binary in `main.rs` is a thin CLI over it.
+//!
+//! The layout is the architecture: `config` (typed TOML), `phi` (the only way from
+//! device data to a storable record), `spool` (durable store-and-forward), `uplink`
+//! (MQTT to the cloud), `pipeline` (the glue and its ACK-after-commit contract),
+//! `daemon` (start/stop order) and `demo` (the README's first command).
+
+pub mod config;
+pub mod daemon;
+pub mod demo;
+pub mod phi;
+pub mod pipeline;
+pub mod spool;
+pub mod uplink;

@@ -1,0 +1,113 @@
+//! `wardgate`: the command line. Thin: parse arguments, set up logging, call the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use wardgate::config::Config;
+use wardgate::daemon::Gateway;
+
+/// wardgate: the edge gateway between a hospital's medical devices and the cloud.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Run {
+        /// The configuration file.
+        #[arg(long, short, default_value = "/etc/wardgate/wardgate.toml")]
+        config: PathBuf,
+    },
+    /// Check a configuration file: exit 0, or name the file, the key and the reason.
+    CheckConfig {
+        /// The configuration file.
+        file: PathBuf,
+    },
+    /// Run the gateway with simulated patient monitors and an embedded cloud stand-in,
+    /// and show what reached the cloud (no names, MRNs or birth dates).
+    Demo {
+        /// How long to run, in seconds; 0 runs until Ctrl-C.
+        #[arg(long, default_value_t = 20)]
+        duration: u64,
+        /// How many simulated monitors.
+        #[arg(long, default_value_t = wardgate::demo::DEFAULT_MONITORS)]
+        monitors: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            // The whole cause chain, one line, so a technician sees file, key and reason.
+            eprintln!("wardgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::CheckConfig { file } => {
+            Config::load(&file)?;
+            println!("{}: ok", file.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run { config } => {
+            let config = Config::load(&config)?;
+            init_logging(&config.logging.level);
+            runtime()?.block_on(serve(config))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { duration, monitors } => {
+            // The demo creates a fresh pseudonym key every run; its "back it up" warning is noise here.
+            init_logging("warn,wardgate::daemon=error");
+            let options = wardgate::demo::DemoOptions {
+                duration: (duration > 0).then(|| Duration::from_secs(duration)),
+                monitors,
+                ..wardgate::demo::DemoOptions::default()
+            };
+            let summary = runtime()?.block_on(wardgate::demo::run(options)).context("demo")?;
+            Ok(if summary.passed() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let gateway = Gateway::start(config).await?;
+    wait_for_stop_signal().await?;
+    tracing::info!("stopping");
+    gateway.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_stop_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        r = tokio::signal::ctrl_c() => r.context("cannot handle SIGINT")?,
+    }
+    Ok(())
+}
+
+fn init_logging(default_filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(default_filter))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour only on a terminal: journald and log files get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
+}
