@@ -1,4 +1,5 @@
-//! A real mosquitto broker for tests: mutual TLS on a free loopback port, persistence off,
+//! A real mosquitto broker for tests: mutual TLS on a free loopback port, persistence off
+//! unless asked for,
 //! clients identified by their certificate's common name.
 //!
 //! Invariants: the broker process is killed when the [`Mosquitto`] is dropped; restarts
@@ -78,12 +79,31 @@ impl Mosquitto {
     /// # Errors
     /// mosquitto is missing, could not be started, or did not accept TLS in time.
     pub fn start(pki: &TestPki) -> Result<Self, HarnessError> {
+        Mosquitto::start_with(pki, false)
+    }
+
+    /// Like [`Mosquitto::start`], with `persistence` on: sessions, subscriptions and
+    /// queued QoS 1 messages of persistent (clean-session = false) clients survive a
+    /// [`Mosquitto::stop`] and [`Mosquitto::restart`], as a production broker's do.
+    ///
+    /// # Errors
+    /// As [`Mosquitto::start`].
+    pub fn start_with(pki: &TestPki, persistence: bool) -> Result<Self, HarnessError> {
         let binary = binary()?;
         let port = free_port()?;
         let dir = pki.dir();
         let config_path = dir.join(format!("mosquitto-{port}.conf"));
         let log_path = dir.join(format!("mosquitto-{port}.log"));
-        std::fs::write(&config_path, config(pki, port))
+        let mut text = config(pki, port);
+        if persistence {
+            let store = dir.join(format!("mosquitto-{port}-store"));
+            std::fs::create_dir_all(&store).map_err(io_context("creating the mosquitto store"))?;
+            text = text.replace(
+                "persistence false\n",
+                &format!("persistence true\npersistence_location {}/\nautosave_interval 1\n", store.display()),
+            );
+        }
+        std::fs::write(&config_path, text)
             .map_err(io_context("writing mosquitto.conf"))?;
         let probe = pki.client("readiness-probe", "readiness-probe", Validity::Current)?;
         let probe_tls = pki.client_tls(&probe)?;

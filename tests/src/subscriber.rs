@@ -72,10 +72,25 @@ impl Subscriber {
         client_id: &str,
         tls: Arc<rustls::ClientConfig>,
     ) -> Result<Self, HarnessError> {
+        Subscriber::connect_with(port, client_id, tls, true).await
+    }
+
+    /// Like [`Subscriber::connect`]; with `clean_session` false the broker keeps the
+    /// subscription and queues messages while this subscriber is disconnected (a broker
+    /// restart with persistence on), as a real cloud consumer's session would.
+    ///
+    /// # Errors
+    /// As [`Subscriber::connect`].
+    pub async fn connect_with(
+        port: u16,
+        client_id: &str,
+        tls: Arc<rustls::ClientConfig>,
+        clean_session: bool,
+    ) -> Result<Self, HarnessError> {
         let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
         options
             .set_keep_alive(Duration::from_secs(5))
-            .set_clean_session(true)
+            .set_clean_session(clean_session)
             .set_max_packet_size(64 * 1024 * 1024, 64 * 1024)
             .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
         let (client, mut eventloop) = AsyncClient::new(options, 16);

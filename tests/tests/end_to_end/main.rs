@@ -1,0 +1,8 @@
+//! End-to-end tests: the real `wardgate` binary between real TCP devices and a real
+//! mosquitto with mutual TLS. One test binary, so the heavy dependencies link once.
+
+mod bad_input;
+mod cli;
+mod crash;
+mod outage;
+mod phi;
