@@ -73,7 +73,9 @@ pub struct Gateway {
 
 impl std::fmt::Debug for Gateway {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Gateway").field("hl7_addr", &self.hl7_addr).finish_non_exhaustive()
+        f.debug_struct("Gateway")
+            .field("hl7_addr", &self.hl7_addr)
+            .finish_non_exhaustive()
     }
 }
 
@@ -88,7 +90,10 @@ impl Gateway {
             .recursive(true)
             .mode(0o700)
             .create(data_dir)
-            .map_err(|source| DaemonError::DataDir { path: data_dir.display().to_string(), source })?;
+            .map_err(|source| DaemonError::DataDir {
+                path: data_dir.display().to_string(),
+                source,
+            })?;
 
         let (key, created) = PseudonymKey::load_or_create(&config.pseudonym_key_path())?;
         if created {
@@ -139,8 +144,14 @@ impl Gateway {
 
         let listener = tokio::net::TcpListener::bind(config.hl7.listen)
             .await
-            .map_err(|source| DaemonError::Bind { addr: config.hl7.listen, source })?;
-        let hl7_addr = listener.local_addr().map_err(|source| DaemonError::Bind { addr: config.hl7.listen, source })?;
+            .map_err(|source| DaemonError::Bind {
+                addr: config.hl7.listen,
+                source,
+            })?;
+        let hl7_addr = listener.local_addr().map_err(|source| DaemonError::Bind {
+            addr: config.hl7.listen,
+            source,
+        })?;
         let hl7_stats = Arc::new(ListenerStats::new());
         let listener_task = {
             let sink = Arc::new(Hl7Ingest::new(rules, spool.clone()));
@@ -155,7 +166,15 @@ impl Gateway {
         };
         tracing::info!(%hl7_addr, gateway = %config.gateway.id, "wardgate serving");
 
-        Ok(Gateway { hl7_addr, spool, shutdown, listener_task, uplink_task, uplink_status, hl7_stats })
+        Ok(Gateway {
+            hl7_addr,
+            spool,
+            shutdown,
+            listener_task,
+            uplink_task,
+            uplink_status,
+            hl7_stats,
+        })
     }
 
     /// The address the HL7 listener is bound to (useful when configured with port 0).
@@ -191,7 +210,10 @@ impl Gateway {
         // The uplink stops at its next await point; in-flight records stay leased-but-unacked
         // in the spool and are replayed next start. Bound the wait so a hung broker
         // connection cannot hold the shutdown past systemd's TimeoutStopSec.
-        if tokio::time::timeout(Duration::from_secs(5), self.uplink_task).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(5), self.uplink_task)
+            .await
+            .is_err()
+        {
             tracing::warn!("uplink did not stop within 5 s; abandoning its in-flight publishes");
         }
         self.spool.close().await;
@@ -212,11 +234,16 @@ fn listener_config(config: &Config) -> ListenerConfig {
         max_message_bytes: hl7.max_message_bytes,
         idle_timeout: Duration::from_secs(hl7.idle_timeout_secs),
         max_connections: hl7.max_connections,
-        rate_per_source_per_sec: NonZeroU32::new(hl7.rate_per_source_per_sec).unwrap_or(NonZeroU32::MIN),
+        rate_per_source_per_sec: NonZeroU32::new(hl7.rate_per_source_per_sec)
+            .unwrap_or(NonZeroU32::MIN),
         rate_burst: NonZeroU32::new(hl7.rate_burst).unwrap_or(NonZeroU32::MIN),
         allow_sources: hl7.allow_sources.clone(),
         ack_mode: ack_mode(hl7.ack_mode),
-        ack_mode_by_application: hl7.ack_mode_by_application.iter().map(|(k, v)| (k.clone(), ack_mode(*v))).collect(),
+        ack_mode_by_application: hl7
+            .ack_mode_by_application
+            .iter()
+            .map(|(k, v)| (k.clone(), ack_mode(*v)))
+            .collect(),
         application: hl7.application.clone(),
         facility: hl7.facility.clone(),
     }

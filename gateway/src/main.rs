@@ -75,14 +75,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 monitors,
                 ..wardgate::demo::DemoOptions::default()
             };
-            let summary = runtime()?.block_on(wardgate::demo::run(options)).context("demo")?;
-            Ok(if summary.passed() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            let summary = runtime()?
+                .block_on(wardgate::demo::run(options))
+                .context("demo")?;
+            Ok(if summary.passed() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
     }
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
@@ -109,5 +118,9 @@ fn init_logging(default_filter: &str) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Colour only on a terminal: journald and log files get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .init();
 }

@@ -19,7 +19,12 @@ pub enum Priority {
 
 impl Priority {
     /// All classes, lowest (first evicted) first.
-    pub const ALL: [Priority; 4] = [Priority::Log, Priority::State, Priority::Observation, Priority::Alarm];
+    pub const ALL: [Priority; 4] = [
+        Priority::Log,
+        Priority::State,
+        Priority::Observation,
+        Priority::Alarm,
+    ];
 
     /// Stable small integer used in storage.
     #[must_use]
@@ -295,7 +300,10 @@ mod tests {
 
     #[test]
     fn record_id_round_trips_through_json() {
-        let id = RecordId { spool: 0xdead_beef, seq: 42 };
+        let id = RecordId {
+            spool: 0xdead_beef,
+            seq: 42,
+        };
         let s = serde_json::to_string(&id).expect("serialize");
         assert_eq!(s, "\"00000000deadbeef-42\"");
         let back: RecordId = serde_json::from_str(&s).expect("deserialize");

@@ -82,7 +82,10 @@ impl Planted {
                 format!("MOTHER{tag}X21"),
                 format!("8{:02}-52-{:04}", tag % 100, 2000 + tag % 7000),
             ],
-            free_text: vec![format!("Note on Zyxfam{tag} from family"), format!("Patient Zyxgiven{tag} said hello")],
+            free_text: vec![
+                format!("Note on Zyxfam{tag} from family"),
+                format!("Patient Zyxgiven{tag} said hello"),
+            ],
         }
     }
 

@@ -22,7 +22,10 @@ pub fn binary() -> anyhow::Result<PathBuf> {
         .context("test executable is not under target/<profile>/deps")?;
     let bin = profile_dir.join("wardgate");
     if !bin.exists() {
-        bail!("{} not found: run `cargo build --workspace --bins` first (tests/run does)", bin.display());
+        bail!(
+            "{} not found: run `cargo build --workspace --bins` first (tests/run does)",
+            bin.display()
+        );
     }
     Ok(bin)
 }
@@ -127,7 +130,10 @@ impl GatewayProcess {
     /// When the binary is missing, exits early, or does not listen within 20 s.
     pub fn start(setup: &GatewaySetup) -> anyhow::Result<GatewayProcess> {
         let config = setup.write_config()?;
-        let log = setup.dir.join(format!("gateway-{}.log", Instant::now().elapsed().as_nanos()));
+        let log = setup.dir.join(format!(
+            "gateway-{}.log",
+            Instant::now().elapsed().as_nanos()
+        ));
         let log = unique(log);
         let stderr = std::fs::File::create(&log)?;
         let child = Command::new(binary()?)
@@ -150,7 +156,11 @@ impl GatewayProcess {
                 return Ok(p);
             }
             if Instant::now() > deadline {
-                bail!("wardgate did not listen on {} within 20 s:\n{}", setup.hl7_addr(), p.log_text());
+                bail!(
+                    "wardgate did not listen on {} within 20 s:\n{}",
+                    setup.hl7_addr(),
+                    p.log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -169,7 +179,10 @@ impl GatewayProcess {
     pub fn terminate(&mut self, timeout: Duration) -> anyhow::Result<bool> {
         let pid = libc::pid_t::try_from(self.child.id()).context("pid")?;
         // The workspace denies unsafe code, so signal through kill(1) rather than libc::kill.
-        let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status();
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait()? {
@@ -177,7 +190,10 @@ impl GatewayProcess {
             }
             if Instant::now() > deadline {
                 self.kill9();
-                bail!("wardgate did not stop within {timeout:?} of SIGTERM:\n{}", self.log_text());
+                bail!(
+                    "wardgate did not stop within {timeout:?} of SIGTERM:\n{}",
+                    self.log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }

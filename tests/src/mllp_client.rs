@@ -29,7 +29,10 @@ impl MllpClient {
         let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
         stream.set_nodelay(true)?;
-        Ok(MllpClient { stream, buf: Vec::new() })
+        Ok(MllpClient {
+            stream,
+            buf: Vec::new(),
+        })
     }
 
     /// Writes raw bytes (for malformed-framing tests).
@@ -61,7 +64,10 @@ impl MllpClient {
         loop {
             if let Some(end) = self.buf.windows(2).position(|w| w == [EB, CR]) {
                 let frame: Vec<u8> = self.buf.drain(..end + 2).collect();
-                let start = frame.iter().position(|b| *b == SB).context("reply without start block")?;
+                let start = frame
+                    .iter()
+                    .position(|b| *b == SB)
+                    .context("reply without start block")?;
                 return Ok(String::from_utf8_lossy(&frame[start + 1..end]).into_owned());
             }
             let mut chunk = [0u8; 4096];
@@ -135,7 +141,10 @@ pub fn run_device(
     let mut seq = 0;
     while seq < count {
         if std::time::Instant::now() > deadline {
-            bail!("device gave up after {give_up:?} with {} of {count} acknowledged", acked.len());
+            bail!(
+                "device gave up after {give_up:?} with {} of {count} acknowledged",
+                acked.len()
+            );
         }
         let (control_id, message) = make(seq);
         let c = match client.as_mut() {
@@ -152,13 +161,19 @@ pub fn run_device(
             Ok(reply) => match ack_code(&reply).as_str() {
                 "AA" | "CA" => {
                     if segment_field(&reply, "MSA", 2) != control_id {
-                        bail!("ACK for {control_id} echoes {:?}", segment_field(&reply, "MSA", 2));
+                        bail!(
+                            "ACK for {control_id} echoes {:?}",
+                            segment_field(&reply, "MSA", 2)
+                        );
                     }
                     acked.push(control_id);
                     seq += 1;
                 }
                 "AR" | "CR" => std::thread::sleep(Duration::from_millis(20)),
-                other => bail!("{control_id} answered {other:?}: {}", reply.replace('\r', "\n")),
+                other => bail!(
+                    "{control_id} answered {other:?}: {}",
+                    reply.replace('\r', "\n")
+                ),
             },
             // The gateway went away mid-exchange: reconnect and retransmit.
             Err(_) => client = None,

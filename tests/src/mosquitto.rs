@@ -100,11 +100,13 @@ impl Mosquitto {
             std::fs::create_dir_all(&store).map_err(io_context("creating the mosquitto store"))?;
             text = text.replace(
                 "persistence false\n",
-                &format!("persistence true\npersistence_location {}/\nautosave_interval 1\n", store.display()),
+                &format!(
+                    "persistence true\npersistence_location {}/\nautosave_interval 1\n",
+                    store.display()
+                ),
             );
         }
-        std::fs::write(&config_path, text)
-            .map_err(io_context("writing mosquitto.conf"))?;
+        std::fs::write(&config_path, text).map_err(io_context("writing mosquitto.conf"))?;
         let probe = pki.client("readiness-probe", "readiness-probe", Validity::Current)?;
         let probe_tls = pki.client_tls(&probe)?;
         let mut broker = Mosquitto {

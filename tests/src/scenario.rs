@@ -53,7 +53,9 @@ impl Scenario {
         let gateway_cert = pki.client("gateway", GATEWAY_ID, Validity::Current)?;
         let cloud_cert = pki.client("cloud", "cloud-reader", Validity::Current)?;
         let cloud_tls = pki.client_tls(&cloud_cert)?;
-        let cloud = Subscriber::connect_with(broker.port(), "cloud-reader", cloud_tls, !durable_cloud).await?;
+        let cloud =
+            Subscriber::connect_with(broker.port(), "cloud-reader", cloud_tls, !durable_cloud)
+                .await?;
         let work = tempfile::tempdir()?;
         let setup = GatewaySetup {
             dir: work.path().to_path_buf(),
@@ -66,7 +68,13 @@ impl Scenario {
             hl7_extra: String::new(),
             extra_sections: String::new(),
         };
-        Ok(Scenario { pki, broker, cloud, setup, work })
+        Ok(Scenario {
+            pki,
+            broker,
+            cloud,
+            setup,
+            work,
+        })
     }
 }
 
@@ -99,7 +107,11 @@ pub fn control_id(r: &UplinkRecord) -> Option<&str> {
 /// The set of distinct control ids received.
 #[must_use]
 pub fn received_control_ids(messages: &[Received]) -> BTreeSet<String> {
-    records(messages).iter().filter_map(control_id).map(str::to_owned).collect()
+    records(messages)
+        .iter()
+        .filter_map(control_id)
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Checks per-device order: for each device, the sequence numbers (`<device>-<seq>`
@@ -116,8 +128,12 @@ pub fn order_violations(messages: &[Received]) -> Vec<String> {
         if !seen.insert(id.to_owned()) {
             continue;
         }
-        let Some((device, seq)) = id.rsplit_once('-') else { continue };
-        let Ok(seq) = seq.parse::<u64>() else { continue };
+        let Some((device, seq)) = id.rsplit_once('-') else {
+            continue;
+        };
+        let Ok(seq) = seq.parse::<u64>() else {
+            continue;
+        };
         let prev = last.insert(device.to_owned(), seq);
         if let Some(prev) = prev {
             if seq < prev {

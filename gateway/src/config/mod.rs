@@ -37,7 +37,11 @@ pub struct ConfigError {
 
 impl ConfigError {
     fn new(file: &Path, key: impl Into<String>, reason: impl Into<String>) -> Self {
-        ConfigError { file: file.to_path_buf(), key: key.into(), reason: reason.into() }
+        ConfigError {
+            file: file.to_path_buf(),
+            key: key.into(),
+            reason: reason.into(),
+        }
     }
 }
 
@@ -214,7 +218,12 @@ pub struct TtlHours {
 
 impl Default for TtlHours {
     fn default() -> Self {
-        TtlHours { log: defaults::ttl_log(), state: defaults::ttl_state(), observation: None, alarm: None }
+        TtlHours {
+            log: defaults::ttl_log(),
+            state: defaults::ttl_state(),
+            observation: None,
+            alarm: None,
+        }
     }
 }
 
@@ -234,7 +243,9 @@ pub struct PhiSection {
 
 impl Default for PhiSection {
     fn default() -> Self {
-        PhiSection { free_text_allowed_codes: defaults::free_text_allowed_codes() }
+        PhiSection {
+            free_text_allowed_codes: defaults::free_text_allowed_codes(),
+        }
     }
 }
 
@@ -249,7 +260,9 @@ pub struct LoggingSection {
 
 impl Default for LoggingSection {
     fn default() -> Self {
-        LoggingSection { level: defaults::log_level() }
+        LoggingSection {
+            level: defaults::log_level(),
+        }
     }
 }
 
@@ -352,8 +365,13 @@ impl Config {
     /// # Errors
     /// A [`ConfigError`] naming the file, the key and the reason.
     pub fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
-        let deserializer = toml::Deserializer::parse(text)
-            .map_err(|e| ConfigError::new(origin, "<file>", format!("not valid TOML: {}", one_line(&e.to_string()))))?;
+        let deserializer = toml::Deserializer::parse(text).map_err(|e| {
+            ConfigError::new(
+                origin,
+                "<file>",
+                format!("not valid TOML: {}", one_line(&e.to_string())),
+            )
+        })?;
         let mut config: Config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner();
@@ -396,10 +414,19 @@ impl Config {
 
         let id = &self.gateway.id;
         if id.is_empty() || id.len() > 128 {
-            return err("gateway.id", format!("must be 1–128 characters, is {}", id.len()));
+            return err(
+                "gateway.id",
+                format!("must be 1–128 characters, is {}", id.len()),
+            );
         }
-        if let Some(c) = id.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))) {
-            return err("gateway.id", format!("character {c:?} is not allowed (use A-Z a-z 0-9 - _ . :)"));
+        if let Some(c) = id
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':')))
+        {
+            return err(
+                "gateway.id",
+                format!("character {c:?} is not allowed (use A-Z a-z 0-9 - _ . :)"),
+            );
         }
         if self.gateway.data_dir.as_os_str().is_empty() {
             return err("gateway.data_dir", "must not be empty".into());
@@ -418,7 +445,10 @@ impl Config {
             }
         }
         if !(1..=1000).contains(&self.cloud.inflight_window) {
-            return err("cloud.inflight_window", format!("must be 1–1000, is {}", self.cloud.inflight_window));
+            return err(
+                "cloud.inflight_window",
+                format!("must be 1–1000, is {}", self.cloud.inflight_window),
+            );
         }
         if let Some(max) = self.cloud.max_payload_bytes {
             let limit = self.cloud.profile.max_payload_bytes();
@@ -436,13 +466,22 @@ impl Config {
             );
         }
         if !(1..=3600).contains(&self.cloud.ack_timeout_secs) {
-            return err("cloud.ack_timeout_secs", format!("must be 1–3600, is {}", self.cloud.ack_timeout_secs));
+            return err(
+                "cloud.ack_timeout_secs",
+                format!("must be 1–3600, is {}", self.cloud.ack_timeout_secs),
+            );
         }
         if !(5..=1177).contains(&self.cloud.keep_alive_secs) {
-            return err("cloud.keep_alive_secs", format!("must be 5–1177, is {}", self.cloud.keep_alive_secs));
+            return err(
+                "cloud.keep_alive_secs",
+                format!("must be 5–1177, is {}", self.cloud.keep_alive_secs),
+            );
         }
         if self.cloud.backoff_min_ms == 0 || self.cloud.backoff_min_ms > 60_000 {
-            return err("cloud.backoff_min_ms", format!("must be 1–60000, is {}", self.cloud.backoff_min_ms));
+            return err(
+                "cloud.backoff_min_ms",
+                format!("must be 1–60000, is {}", self.cloud.backoff_min_ms),
+            );
         }
         if self.cloud.backoff_max_secs == 0
             || self.cloud.backoff_max_secs > 3600
@@ -450,19 +489,31 @@ impl Config {
         {
             return err(
                 "cloud.backoff_max_secs",
-                format!("must be 1–3600 and not below cloud.backoff_min_ms, is {}", self.cloud.backoff_max_secs),
+                format!(
+                    "must be 1–3600 and not below cloud.backoff_min_ms, is {}",
+                    self.cloud.backoff_max_secs
+                ),
             );
         }
 
         let hl7 = &self.hl7;
         if !(1024..=64 * 1024 * 1024).contains(&hl7.max_message_bytes) {
-            return err("hl7.max_message_bytes", format!("must be 1024–67108864, is {}", hl7.max_message_bytes));
+            return err(
+                "hl7.max_message_bytes",
+                format!("must be 1024–67108864, is {}", hl7.max_message_bytes),
+            );
         }
         if !(1..=86_400).contains(&hl7.idle_timeout_secs) {
-            return err("hl7.idle_timeout_secs", format!("must be 1–86400, is {}", hl7.idle_timeout_secs));
+            return err(
+                "hl7.idle_timeout_secs",
+                format!("must be 1–86400, is {}", hl7.idle_timeout_secs),
+            );
         }
         if !(1..=65_536).contains(&hl7.max_connections) {
-            return err("hl7.max_connections", format!("must be 1–65536, is {}", hl7.max_connections));
+            return err(
+                "hl7.max_connections",
+                format!("must be 1–65536, is {}", hl7.max_connections),
+            );
         }
         if hl7.rate_per_source_per_sec == 0 {
             return err("hl7.rate_per_source_per_sec", "must be at least 1".into());
@@ -470,17 +521,34 @@ impl Config {
         if hl7.rate_burst == 0 {
             return err("hl7.rate_burst", "must be at least 1".into());
         }
-        for (key, value) in [("hl7.application", &hl7.application), ("hl7.facility", &hl7.facility)] {
-            if value.len() > 64 || value.chars().any(|c| c.is_control() || "|^~\\&".contains(c)) {
-                return err(key, "must be at most 64 characters without control or HL7 delimiter characters".into());
+        for (key, value) in [
+            ("hl7.application", &hl7.application),
+            ("hl7.facility", &hl7.facility),
+        ] {
+            if value.len() > 64
+                || value
+                    .chars()
+                    .any(|c| c.is_control() || "|^~\\&".contains(c))
+            {
+                return err(
+                    key,
+                    "must be at most 64 characters without control or HL7 delimiter characters"
+                        .into(),
+                );
             }
         }
 
         if !(1..=1_048_576).contains(&self.spool.budget_mib) {
-            return err("spool.budget_mib", format!("must be 1–1048576, is {}", self.spool.budget_mib));
+            return err(
+                "spool.budget_mib",
+                format!("must be 1–1048576, is {}", self.spool.budget_mib),
+            );
         }
         if !(1..=65_536).contains(&self.spool.max_batch) {
-            return err("spool.max_batch", format!("must be 1–65536, is {}", self.spool.max_batch));
+            return err(
+                "spool.max_batch",
+                format!("must be 1–65536, is {}", self.spool.max_batch),
+            );
         }
         let ttl = &self.spool.ttl_hours;
         for (key, value) in [
@@ -490,7 +558,10 @@ impl Config {
             ("spool.ttl_hours.alarm", ttl.alarm),
         ] {
             if value == Some(0) || value.is_some_and(|h| h > 24 * 365 * 10) {
-                return err(key, "must be 1–87600 hours, or left out for no expiry".into());
+                return err(
+                    key,
+                    "must be 1–87600 hours, or left out for no expiry".into(),
+                );
             }
         }
 
@@ -542,7 +613,9 @@ impl Config {
     /// The largest MQTT payload to publish.
     #[must_use]
     pub fn max_payload_bytes(&self) -> usize {
-        self.cloud.max_payload_bytes.unwrap_or_else(|| self.cloud.profile.max_payload_bytes())
+        self.cloud
+            .max_payload_bytes
+            .unwrap_or_else(|| self.cloud.profile.max_payload_bytes())
     }
 
     /// Per-class TTLs, indexed by `Priority::as_u8()`.
@@ -593,7 +666,9 @@ fn key_of(path: &str, message: &str) -> String {
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
-    text.get(..offset).map_or(0, |before| before.matches('\n').count()) + 1
+    text.get(..offset)
+        .map_or(0, |before| before.matches('\n').count())
+        + 1
 }
 
 fn one_line(s: &str) -> String {
@@ -601,6 +676,7 @@ fn one_line(s: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -637,9 +713,15 @@ listen = "127.0.0.1:2575"
         let c = Config::parse(&text, &path).unwrap();
         assert_eq!(c.gateway.data_dir, dir.path().join("state"));
         assert_eq!(c.hl7.max_message_bytes, 1024 * 1024);
-        assert_eq!(c.pseudonym_key_path(), dir.path().join("state/pseudonym.key"));
+        assert_eq!(
+            c.pseudonym_key_path(),
+            dir.path().join("state/pseudonym.key")
+        );
         let plan = c.mqtt_uplink().plan().unwrap();
-        assert_eq!(plan.topic(wardgate_proto::Priority::Alarm), "wardgate/gw-1/records/alarm");
+        assert_eq!(
+            plan.topic(wardgate_proto::Priority::Alarm),
+            "wardgate/gw-1/records/alarm"
+        );
         assert_eq!(c.ttls()[0], Some(Duration::from_secs(168 * 3600)));
         assert_eq!(c.ttls()[3], None);
     }
@@ -728,7 +810,9 @@ listen = "127.0.0.1:2575"
     fn profile_rules_are_reported_under_cloud_keys() {
         // AWS thing names may not contain '.', which gateway.id otherwise allows.
         let (_d, path, text) = with_files("");
-        let text = text.replace("id = \"gw-1\"", "id = \"gw.1\"").replace("\"generic\"", "\"aws-iot-core\"");
+        let text = text
+            .replace("id = \"gw-1\"", "id = \"gw.1\"")
+            .replace("\"generic\"", "\"aws-iot-core\"");
         let e = Config::parse(&text, &path).unwrap_err();
         assert_eq!(e.key, "gateway.id", "{e}");
     }

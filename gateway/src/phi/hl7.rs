@@ -27,8 +27,8 @@ use std::net::SocketAddr;
 
 use wardgate_device_adapters::hl7::{PcdMessage, RawHeader, RawPatient};
 use wardgate_proto::{
-    AlarmReport, DeviceIdentity, Observation, ObservationGroup, ObservationReport, ObservationValue, Pseudonym,
-    RecordBody,
+    AlarmReport, DeviceIdentity, Observation, ObservationGroup, ObservationReport,
+    ObservationValue, Pseudonym, RecordBody,
 };
 
 use super::pseudonym::PseudonymKey;
@@ -46,7 +46,10 @@ impl Hl7Rules {
     /// reference ids, e.g. `184326` or `MDC_ATTR_ALERT_SOURCE`).
     #[must_use]
     pub fn new(key: PseudonymKey, free_text_allowed_codes: BTreeSet<String>) -> Self {
-        Hl7Rules { key, free_text_allowed_codes }
+        Hl7Rules {
+            key,
+            free_text_allowed_codes,
+        }
     }
 
     /// Turns what a device sent into a storable record. `peer` names the device when its
@@ -67,7 +70,11 @@ impl Hl7Rules {
                     .map(|g| ObservationGroup {
                         service: g.service,
                         observed_at: g.observed_at,
-                        observations: g.observations.into_iter().map(|o| self.observation(o)).collect(),
+                        observations: g
+                            .observations
+                            .into_iter()
+                            .map(|o| self.observation(o))
+                            .collect(),
                     })
                     .collect(),
             }),
@@ -77,7 +84,11 @@ impl Hl7Rules {
                 message_time: raw.header.message_time,
                 control_id: raw.header.control_id,
                 event: raw.event,
-                observations: raw.observations.into_iter().map(|o| self.observation(o)).collect(),
+                observations: raw
+                    .observations
+                    .into_iter()
+                    .map(|o| self.observation(o))
+                    .collect(),
             }),
         };
         Sanitized::from_body(&body)
@@ -109,21 +120,38 @@ impl Hl7Rules {
 /// The device's identity: EUI-64 if it sent one (MSH-3.2), else its application name
 /// (MSH-3.1), else its network address — in that order, the most stable key first.
 fn device_identity(header: &RawHeader, peer: SocketAddr) -> DeviceIdentity {
-    let non_empty = |s: &Option<String>| s.as_deref().map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned);
+    let non_empty = |s: &Option<String>| {
+        s.as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+    };
     let eui64 = non_empty(&header.eui64);
     let application = non_empty(&header.application);
-    let id = eui64.clone().or_else(|| application.clone()).unwrap_or_else(|| format!("ip:{}", peer.ip()));
-    DeviceIdentity { id, application, eui64 }
+    let id = eui64
+        .clone()
+        .or_else(|| application.clone())
+        .unwrap_or_else(|| format!("ip:{}", peer.ip()));
+    DeviceIdentity {
+        id,
+        application,
+        eui64,
+    }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use wardgate_device_adapters::hl7::{RawObservationGroup, RawObservationReport, RawPatientId};
     use wardgate_proto::CodedValue;
 
     fn coded(code: &str, text: &str) -> CodedValue {
-        CodedValue { code: code.into(), text: text.into(), system: "MDC".into() }
+        CodedValue {
+            code: code.into(),
+            text: text.into(),
+            system: "MDC".into(),
+        }
     }
 
     fn obs(code: CodedValue, value: ObservationValue) -> Observation {
@@ -159,15 +187,26 @@ mod tests {
     fn patient() -> RawPatient {
         RawPatient {
             identifiers: vec![
-                RawPatientId { id: "ACCT-777".into(), assigning_authority: "HOSP".into(), id_type: "AN".into() },
-                RawPatientId { id: "MRN-123456".into(), assigning_authority: "HOSP".into(), id_type: "MR".into() },
+                RawPatientId {
+                    id: "ACCT-777".into(),
+                    assigning_authority: "HOSP".into(),
+                    id_type: "AN".into(),
+                },
+                RawPatientId {
+                    id: "MRN-123456".into(),
+                    assigning_authority: "HOSP".into(),
+                    id_type: "MR".into(),
+                },
             ],
             name_tokens: vec!["DOE".into(), "JANE".into()],
         }
     }
 
     fn rules(allowed: &[&str]) -> Hl7Rules {
-        Hl7Rules::new(PseudonymKey::from_bytes(&[9; 32]), allowed.iter().map(|s| (*s).to_owned()).collect())
+        Hl7Rules::new(
+            PseudonymKey::from_bytes(&[9; 32]),
+            allowed.iter().map(|s| (*s).to_owned()).collect(),
+        )
     }
 
     fn peer() -> SocketAddr {
@@ -190,13 +229,29 @@ mod tests {
 
     #[test]
     fn free_text_is_withheld_unless_allow_listed() {
-        let note = obs(coded("0", "MDC_NOTE"), ObservationValue::Text("Jane Doe, 555-0100".into()));
-        let allowed = obs(coded("184326", "MDC_ATTR_ALERT_SOURCE"), ObservationValue::Text("SpO2 probe".into()));
-        let s = rules(&["MDC_ATTR_ALERT_SOURCE"]).sanitize(report(None, vec![note, allowed]), peer()).unwrap();
+        let note = obs(
+            coded("0", "MDC_NOTE"),
+            ObservationValue::Text("Jane Doe, 555-0100".into()),
+        );
+        let allowed = obs(
+            coded("184326", "MDC_ATTR_ALERT_SOURCE"),
+            ObservationValue::Text("SpO2 probe".into()),
+        );
+        let s = rules(&["MDC_ATTR_ALERT_SOURCE"])
+            .sanitize(report(None, vec![note, allowed]), peer())
+            .unwrap();
         let body: RecordBody = serde_json::from_slice(s.payload()).unwrap();
-        let RecordBody::Observations(r) = body else { panic!("kind") };
-        assert_eq!(r.groups[0].observations[0].value, ObservationValue::Withheld);
-        assert_eq!(r.groups[0].observations[1].value, ObservationValue::Text("SpO2 probe".into()));
+        let RecordBody::Observations(r) = body else {
+            panic!("kind")
+        };
+        assert_eq!(
+            r.groups[0].observations[0].value,
+            ObservationValue::Withheld
+        );
+        assert_eq!(
+            r.groups[0].observations[1].value,
+            ObservationValue::Text("SpO2 probe".into())
+        );
         assert!(r.patient.is_none());
         let text = String::from_utf8(s.payload().to_vec()).unwrap();
         assert!(!text.contains("555-0100") && !text.contains("Jane"));
@@ -204,16 +259,22 @@ mod tests {
 
     #[test]
     fn device_without_msh3_is_keyed_by_address() {
-        let PcdMessage::Observations(mut raw) = report(None, vec![]) else { unreachable!() };
+        let PcdMessage::Observations(mut raw) = report(None, vec![]) else {
+            unreachable!()
+        };
         raw.header.application = None;
         raw.header.eui64 = Some("  ".into());
-        let s = rules(&[]).sanitize(PcdMessage::Observations(raw), peer()).unwrap();
+        let s = rules(&[])
+            .sanitize(PcdMessage::Observations(raw), peer())
+            .unwrap();
         assert_eq!(s.device(), "ip:10.0.0.5");
     }
 
     #[test]
     fn debug_of_sanitized_never_prints_payload() {
-        let s = rules(&[]).sanitize(report(Some(patient()), vec![]), peer()).unwrap();
+        let s = rules(&[])
+            .sanitize(report(Some(patient()), vec![]), peer())
+            .unwrap();
         let d = format!("{s:?}");
         assert!(!d.contains("p-") && d.contains("payload_bytes"), "{d}");
     }

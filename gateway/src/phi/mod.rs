@@ -43,7 +43,11 @@ pub struct Sanitized {
 impl Sanitized {
     /// Encodes a body that was built field by field by a rule of this module.
     fn from_body(body: &RecordBody) -> Result<Self, PhiError> {
-        Ok(Sanitized { device: body.device_id().to_owned(), priority: body.priority(), payload: serde_json::to_vec(body)? })
+        Ok(Sanitized {
+            device: body.device_id().to_owned(),
+            priority: body.priority(),
+            payload: serde_json::to_vec(body)?,
+        })
     }
 
     /// A gateway alert: gateway-made text, never device data, so no rule applies.
@@ -86,7 +90,11 @@ impl Sanitized {
     #[cfg(any(test, feature = "bench-internals"))]
     #[must_use]
     pub fn unchecked_for_bench(device: String, priority: Priority, payload: Vec<u8>) -> Self {
-        Sanitized { device, priority, payload }
+        Sanitized {
+            device,
+            priority,
+            payload,
+        }
     }
 }
 

@@ -40,7 +40,10 @@ impl PseudonymKey {
     /// # Errors
     /// [`PhiError::Key`] naming the file and the reason.
     pub fn load_or_create(path: &Path) -> Result<(PseudonymKey, bool), PhiError> {
-        let key_err = |reason: String| PhiError::Key { path: path.to_path_buf(), reason };
+        let key_err = |reason: String| PhiError::Key {
+            path: path.to_path_buf(),
+            reason,
+        };
         match std::fs::metadata(path) {
             Ok(meta) => {
                 let mode = meta.permissions().mode();
@@ -52,7 +55,10 @@ impl PseudonymKey {
                 }
                 let key = std::fs::read(path).map_err(|e| key_err(format!("cannot read: {e}")))?;
                 if key.len() < KEY_LEN {
-                    return Err(key_err(format!("is {} bytes, need at least {KEY_LEN}", key.len())));
+                    return Err(key_err(format!(
+                        "is {} bytes, need at least {KEY_LEN}",
+                        key.len()
+                    )));
                 }
                 Ok((PseudonymKey { key }, false))
             }
@@ -65,7 +71,9 @@ impl PseudonymKey {
                     .mode(0o600)
                     .open(path)
                     .map_err(|e| key_err(format!("cannot create: {e}")))?;
-                file.write_all(&key).and_then(|()| file.sync_all()).map_err(|e| key_err(format!("cannot write: {e}")))?;
+                file.write_all(&key)
+                    .and_then(|()| file.sync_all())
+                    .map_err(|e| key_err(format!("cannot write: {e}")))?;
                 if let Some(dir) = path.parent() {
                     // Make the new directory entry durable too, or a power cut could lose the key
                     // after pseudonyms made with it were already sent.
@@ -90,7 +98,10 @@ impl PseudonymKey {
     /// same site agree on the authority; identifiers stay case-sensitive.
     #[must_use]
     pub fn pseudonym(&self, identifier: &str, authority: &str) -> Pseudonym {
-        let mac = self.mac(&[identifier.trim().as_bytes(), authority.trim().to_ascii_uppercase().as_bytes()]);
+        let mac = self.mac(&[
+            identifier.trim().as_bytes(),
+            authority.trim().to_ascii_uppercase().as_bytes(),
+        ]);
         Pseudonym(format!("p-{}", hex::encode(&mac[..PSEUDONYM_BYTES])))
     }
 
@@ -115,6 +126,7 @@ impl PseudonymKey {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -156,8 +168,16 @@ mod tests {
         let b = PseudonymKey::from_bytes(&[2; 32]);
         let p = a.pseudonym("MRN1", "HOSP");
         assert_eq!(p, a.pseudonym(" MRN1", "hosp"));
-        assert_ne!(p, b.pseudonym("MRN1", "HOSP"), "a different site key must give a different pseudonym");
-        assert_ne!(p, a.pseudonym("MRN1", "OTHER"), "the authority is part of the identity");
+        assert_ne!(
+            p,
+            b.pseudonym("MRN1", "HOSP"),
+            "a different site key must give a different pseudonym"
+        );
+        assert_ne!(
+            p,
+            a.pseudonym("MRN1", "OTHER"),
+            "the authority is part of the identity"
+        );
         assert_ne!(p, a.pseudonym("MRN2", "HOSP"));
         assert!(p.0.starts_with("p-") && p.0.len() == 2 + 32);
         assert!(!p.0.contains("MRN1"));

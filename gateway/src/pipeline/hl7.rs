@@ -26,7 +26,9 @@ impl Hl7Sink for Hl7Ingest {
     async fn deliver(&self, message: PcdMessage, peer: SocketAddr) -> Result<(), Refusal> {
         let record = self.rules.sanitize(message, peer).map_err(|e| {
             tracing::error!(error = %e, "PHI stage failed");
-            Refusal::Unavailable { text: "internal error".into() }
+            Refusal::Unavailable {
+                text: "internal error".into(),
+            }
         })?;
         match self.spool.append(record).await {
             Ok(_) => Ok(()),

@@ -10,7 +10,9 @@ use wardgate_tests::scenario::Scenario;
 
 fn good_device_still_served(addr: std::net::SocketAddr, n: u32) {
     let mut c = MllpClient::connect(addr).unwrap();
-    let reply = c.exchange(&pcd01_plain("0011223344556677", &format!("good-{n}"), 97)).unwrap();
+    let reply = c
+        .exchange(&pcd01_plain("0011223344556677", &format!("good-{n}"), 97))
+        .unwrap();
     assert_eq!(ack_code(&reply), "CA", "{reply}");
 }
 
@@ -28,7 +30,10 @@ async fn bad_input_gets_a_clear_answer_and_others_are_served() {
     let msg = msg.replace("|AL|NE|", "|||"); // original mode: AE, not CE
     let reply = c.exchange(&msg).unwrap();
     assert_eq!(ack_code(&reply), "AE", "{reply}");
-    assert!(segment_field(&reply, "ERR", 2).starts_with("OBX"), "ERR names the segment: {reply}");
+    assert!(
+        segment_field(&reply, "ERR", 2).starts_with("OBX"),
+        "ERR names the segment: {reply}"
+    );
     good_device_still_served(addr, 1);
 
     // An unsupported message type → AR.
@@ -38,9 +43,14 @@ async fn bad_input_gets_a_clear_answer_and_others_are_served() {
 
     // Binary garbage, then a valid frame on the same connection: the frame is answered.
     let mut g = MllpClient::connect(addr).unwrap();
-    let garbage: Vec<u8> = (0u32..2000).map(|i| u8::try_from((i * 37) % 251).unwrap()).filter(|b| *b != SB).collect();
+    let garbage: Vec<u8> = (0u32..2000)
+        .map(|i| u8::try_from((i * 37) % 251).unwrap())
+        .filter(|b| *b != SB)
+        .collect();
     g.send_raw(&garbage).unwrap();
-    let reply = g.exchange(&pcd01_plain("0011223344556677", "after-garbage", 97)).unwrap();
+    let reply = g
+        .exchange(&pcd01_plain("0011223344556677", "after-garbage", 97))
+        .unwrap();
     assert_eq!(ack_code(&reply), "CA", "{reply}");
 
     // An oversized message → a reject (CR: the message asked for enhanced-mode commit
@@ -49,7 +59,11 @@ async fn bad_input_gets_a_clear_answer_and_others_are_served() {
     let huge = pcd01_plain("0011223344556677", "huge", 97) + "\rNTE|1||" + &"x".repeat(10_000);
     let reply = big.exchange(&huge).unwrap();
     assert_eq!(ack_code(&reply), "CR", "{reply}");
-    assert_eq!(segment_field(&reply, "MSA", 2), "huge", "the reject still names the message");
+    assert_eq!(
+        segment_field(&reply, "MSA", 2),
+        "huge",
+        "the reject still names the message"
+    );
     good_device_still_served(addr, 2);
 
     // Wrong framing: end block without start block, and a truncated frame then silence
@@ -59,6 +73,9 @@ async fn bad_input_gets_a_clear_answer_and_others_are_served() {
     loris.send_raw(&[SB]).unwrap();
     loris.send_raw(b"MSH|^~\\&|SLOW").unwrap();
     good_device_still_served(addr, 3);
-    assert!(loris.is_closed_within(Duration::from_secs(10)), "slow-loris connection closed");
+    assert!(
+        loris.is_closed_within(Duration::from_secs(10)),
+        "slow-loris connection closed"
+    );
     good_device_still_served(addr, 4);
 }

@@ -40,7 +40,10 @@ async fn kill9_loses_nothing_acknowledged() {
             s.broker.freeze().unwrap();
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        assert!(devices.iter().any(|d| !d.is_finished()), "devices must still be sending at kill {round}");
+        assert!(
+            devices.iter().any(|d| !d.is_finished()),
+            "devices must still be sending at kill {round}"
+        );
         gateway.kill9();
         if round == 1 {
             s.broker.thaw().unwrap();
@@ -62,6 +65,10 @@ async fn kill9_loses_nothing_acknowledged() {
         .await;
     let got = received_control_ids(&s.cloud.messages());
     let missing: Vec<&String> = acked.difference(&got).take(10).collect();
-    assert!(waited.is_ok(), "acknowledged but never delivered (first 10): {missing:?}\n{}", gateway.log_text());
+    assert!(
+        waited.is_ok(),
+        "acknowledged but never delivered (first 10): {missing:?}\n{}",
+        gateway.log_text()
+    );
     assert_eq!(order_violations(&s.cloud.messages()), Vec::<String>::new());
 }

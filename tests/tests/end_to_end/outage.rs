@@ -55,7 +55,10 @@ async fn broker_outage_delivers_everything_in_order() {
     for d in devices {
         acked.extend(d.await.unwrap().unwrap());
     }
-    assert_eq!(acked.len(), 50 + DEVICES * usize::try_from(PER_DEVICE).unwrap());
+    assert_eq!(
+        acked.len(),
+        50 + DEVICES * usize::try_from(PER_DEVICE).unwrap()
+    );
 
     let waited = s
         .cloud
@@ -65,7 +68,11 @@ async fn broker_outage_delivers_everything_in_order() {
         .await;
     let got = received_control_ids(&s.cloud.messages());
     let missing: Vec<&String> = acked.difference(&got).take(10).collect();
-    assert!(waited.is_ok(), "acknowledged but never delivered (first 10): {missing:?}\n{}", gateway.log_text());
+    assert!(
+        waited.is_ok(),
+        "acknowledged but never delivered (first 10): {missing:?}\n{}",
+        gateway.log_text()
+    );
     assert_eq!(order_violations(&s.cloud.messages()), Vec::<String>::new());
     assert!(gateway.terminate(Duration::from_secs(20)).unwrap());
 }

@@ -88,10 +88,23 @@ async fn planted_identifiers_reach_neither_cloud_nor_disk() {
                     .iter()
                     .find(|x| x.code.text == "MDC_PULS_OXIM_SAT_O2")
                     .expect("SpO2 row kept");
-                assert!(matches!(&spo2.value, ObservationValue::Numeric(v) if v.parse::<u32>().is_ok()));
-                let note = o.groups[0].observations.iter().find(|x| x.code.text == "MDC_NOTE").unwrap();
-                assert_eq!(note.value, ObservationValue::Withheld, "free text must be withheld");
-                pseudonyms.entry(device).or_default().insert(o.patient.clone().unwrap().0);
+                assert!(
+                    matches!(&spo2.value, ObservationValue::Numeric(v) if v.parse::<u32>().is_ok())
+                );
+                let note = o.groups[0]
+                    .observations
+                    .iter()
+                    .find(|x| x.code.text == "MDC_NOTE")
+                    .unwrap();
+                assert_eq!(
+                    note.value,
+                    ObservationValue::Withheld,
+                    "free text must be withheld"
+                );
+                pseudonyms
+                    .entry(device)
+                    .or_default()
+                    .insert(o.patient.clone().unwrap().0);
             }
             RecordBody::Alarm(a) => {
                 alarms += 1;
@@ -102,16 +115,27 @@ async fn planted_identifiers_reach_neither_cloud_nor_disk() {
         }
     }
     assert!(alarms >= 3 * 4, "alarms received: {alarms}");
-    assert!(messages.iter().any(|m| m.topic == "wardgate/gw-e2e/records/alarm"), "alarm topic used");
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.topic == "wardgate/gw-e2e/records/alarm"),
+        "alarm topic used"
+    );
     let distinct: BTreeSet<&String> = pseudonyms.values().flatten().collect();
     assert_eq!(pseudonyms.len(), 3);
-    assert!(pseudonyms.values().all(|p| p.len() == 1), "one pseudonym per patient: {pseudonyms:?}");
+    assert!(
+        pseudonyms.values().all(|p| p.len() == 1),
+        "one pseudonym per patient: {pseudonyms:?}"
+    );
     assert_eq!(distinct.len(), 3, "patients must not share a pseudonym");
 
     // Nothing planted on disk: spool, WAL, key, while running and after a clean stop.
     let data = s.setup.data_dir();
     assert_eq!(files_containing(&data, &planted), Vec::<String>::new());
-    assert!(gateway.terminate(Duration::from_secs(20)).unwrap(), "clean exit on SIGTERM");
+    assert!(
+        gateway.terminate(Duration::from_secs(20)).unwrap(),
+        "clean exit on SIGTERM"
+    );
     assert_eq!(files_containing(&data, &planted), Vec::<String>::new());
     let log = gateway.log_text();
     for p in &planted {
