@@ -5,6 +5,7 @@
 
 mod bad_input;
 mod cli;
+mod corrupt_spool;
 mod crash;
 mod outage;
 mod phi;
