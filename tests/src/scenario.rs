@@ -144,5 +144,31 @@ pub fn order_violations(messages: &[Received]) -> Vec<String> {
     violations
 }
 
+impl Scenario {
+    /// Waits until every control id in `acked` has reached the cloud, then checks
+    /// per-device order; on failure names the first missing ids and shows `gateway_log`.
+    ///
+    /// # Panics
+    /// When an acknowledged message never arrives or arrives out of order (the test fails).
+    pub async fn assert_all_delivered_in_order(&self, acked: &BTreeSet<String>, gateway_log: &str) {
+        let waited = self
+            .cloud
+            .wait_until(PATIENCE, "every acknowledged message at the broker", |m| {
+                received_control_ids(m).is_superset(acked)
+            })
+            .await;
+        let got = received_control_ids(&self.cloud.messages());
+        let missing: Vec<&String> = acked.difference(&got).take(10).collect();
+        assert!(
+            waited.is_ok(),
+            "acknowledged but never delivered (first 10): {missing:?}\n{gateway_log}"
+        );
+        assert_eq!(
+            order_violations(&self.cloud.messages()),
+            Vec::<String>::new()
+        );
+    }
+}
+
 /// Generous bound for anything a test waits for on a loaded 2-core CI machine.
 pub const PATIENCE: Duration = Duration::from_secs(60);

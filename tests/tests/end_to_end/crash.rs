@@ -7,7 +7,7 @@ use std::time::Duration;
 use wardgate_tests::fixtures::pcd01_plain;
 use wardgate_tests::gateway::GatewayProcess;
 use wardgate_tests::mllp_client::run_device;
-use wardgate_tests::scenario::{order_violations, received_control_ids, Scenario, PATIENCE};
+use wardgate_tests::scenario::Scenario;
 
 const DEVICES: usize = 4;
 const PER_DEVICE: u64 = 1500;
@@ -57,18 +57,6 @@ async fn kill9_loses_nothing_acknowledged() {
     }
     assert_eq!(acked.len(), DEVICES * usize::try_from(PER_DEVICE).unwrap());
 
-    let waited = s
-        .cloud
-        .wait_until(PATIENCE, "every acknowledged message at the broker", |m| {
-            received_control_ids(m).is_superset(&acked)
-        })
+    s.assert_all_delivered_in_order(&acked, &gateway.log_text())
         .await;
-    let got = received_control_ids(&s.cloud.messages());
-    let missing: Vec<&String> = acked.difference(&got).take(10).collect();
-    assert!(
-        waited.is_ok(),
-        "acknowledged but never delivered (first 10): {missing:?}\n{}",
-        gateway.log_text()
-    );
-    assert_eq!(order_violations(&s.cloud.messages()), Vec::<String>::new());
 }
