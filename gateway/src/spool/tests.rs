@@ -1029,7 +1029,9 @@ impl Model {
                 self.evicted[r.priority.as_u8() as usize] += 1;
             }
             bytes += needed;
-            let seq = ids.map_or(u64::MAX - i as u64, |ids| ids[i].seq);
+            // Refused units get the seqs the spool would have assigned: ascending, so
+            // "oldest first" picks the same victim.
+            let seq = ids.map_or(self.highest_seq + 1 + i as u64, |ids| ids[i].seq);
             self.records.insert(
                 seq,
                 ModelRecord {
