@@ -9,10 +9,20 @@
 //! while in-flight ones finish their spool commit and get their ACK; then the uplink
 //! stops (records in flight stay in the spool and are replayed on the next start); then
 //! the spool writer flushes and closes.
+//!
+//! Supervision (systemd `Type=notify`): the caller reports readiness once
+//! [`Gateway::start`] returned, and keeps the service manager's watchdog fed with
+//! [`keep_watchdog`] — which pings only while a [`Health`] probe shows the pipeline can
+//! still store: the HL7 listener task runs and a request round-trips through the spool
+//! writer's queue within a quarter of the watchdog timeout. A hung disk or a stuck writer
+//! therefore stops the pings and lets systemd restart the process; an unreachable cloud
+//! does not (the spool exists to ride out outages). The decision itself is the sans-IO
+//! [`watchdog::Watchdog`].
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::os::unix::fs::DirBuilderExt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -69,6 +79,7 @@ pub struct Gateway {
     uplink_task: JoinHandle<()>,
     uplink_status: watch::Receiver<UplinkStatus>,
     hl7_stats: Arc<ListenerStats>,
+    listener_running: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -153,7 +164,9 @@ impl Gateway {
             source,
         })?;
         let hl7_stats = Arc::new(ListenerStats::new());
+        let listener_running = Arc::new(AtomicBool::new(true));
         let listener_task = {
+            let running = listener_running.clone();
             let sink = Arc::new(Hl7Ingest::new(rules, spool.clone()));
             let cfg = listener_config(&config);
             let stats = hl7_stats.clone();
@@ -162,6 +175,7 @@ impl Gateway {
                 if let Err(e) = hl7_adapter::serve(listener, cfg, sink, stats, shutdown).await {
                     tracing::error!(error = %e, "HL7 listener stopped");
                 }
+                running.store(false, Ordering::SeqCst);
             })
         };
         tracing::info!(%hl7_addr, gateway = %config.gateway.id, "wardgate serving");
@@ -174,7 +188,18 @@ impl Gateway {
             uplink_task,
             uplink_status,
             hl7_stats,
+            listener_running,
         })
+    }
+
+    /// A handle for liveness probes that outlives neither the spool nor the listener
+    /// (it fails once they stop). Cheap; clone it into a watchdog task.
+    #[must_use]
+    pub fn health(&self) -> Health {
+        Health {
+            spool: self.spool.clone(),
+            listener_running: self.listener_running.clone(),
+        }
     }
 
     /// The address the HL7 listener is bound to (useful when configured with port 0).
@@ -221,6 +246,308 @@ impl Gateway {
     }
 }
 
+/// Probes whether the gateway can still take in and store data. See the module doc.
+#[derive(Debug, Clone)]
+pub struct Health {
+    spool: Spool,
+    listener_running: Arc<AtomicBool>,
+}
+
+/// Meta key read by the probe. Never written: reading a missing key is an ordinary
+/// query the writer thread answers, and it touches nothing on disk that matters.
+const PROBE_META_KEY: &str = "watchdog.probe";
+
+impl Health {
+    /// One probe: is the HL7 listener task alive, and does a request queued behind
+    /// everything already in the spool writer's queue get its answer within `budget`?
+    pub async fn check(&self, budget: Duration) -> watchdog::ProbeOutcome {
+        use watchdog::ProbeOutcome;
+        if !self.listener_running.load(Ordering::SeqCst) {
+            return ProbeOutcome::ListenerStopped;
+        }
+        match tokio::time::timeout(budget, self.spool.get_meta(PROBE_META_KEY)).await {
+            Ok(Ok(_)) => ProbeOutcome::Answered,
+            Ok(Err(e)) => ProbeOutcome::SpoolRefused(e.to_string()),
+            Err(_) => ProbeOutcome::TimedOut,
+        }
+    }
+}
+
+/// Feeds the service manager's watchdog for as long as the future runs (abort the task,
+/// or drop the future, when shutdown begins): every [`watchdog::Watchdog::period`] it
+/// probes `health` and calls `ping` only if [`watchdog::Watchdog::judge`] says so.
+/// `ping` sends `WATCHDOG=1`; its errors are logged, never fatal (the service manager
+/// acts on missing pings, not on us).
+pub async fn keep_watchdog<F>(health: Health, timeout: Duration, mut ping: F)
+where
+    F: FnMut() -> std::io::Result<()>,
+{
+    let mut dog = watchdog::Watchdog::new(timeout);
+    let origin = tokio::time::Instant::now();
+    let mut ticks = tokio::time::interval(dog.period());
+    // After a stall, probe once and carry on rather than bursting through missed ticks.
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let started = origin.elapsed();
+        let outcome = health.check(dog.probe_budget()).await;
+        match dog.judge(started, origin.elapsed(), &outcome) {
+            watchdog::Verdict::Ping { recovered } => {
+                if recovered {
+                    tracing::warn!("gateway healthy again; watchdog pings resumed");
+                }
+                if let Err(e) = ping() {
+                    tracing::warn!(error = %e, "cannot send WATCHDOG=1 to the service manager");
+                }
+            }
+            watchdog::Verdict::Withhold { reason, first } => {
+                if first {
+                    tracing::error!(
+                        alert = "watchdog.withheld",
+                        %reason,
+                        "gateway not making progress; withholding watchdog pings so the service manager restarts it"
+                    );
+                }
+            }
+        }
+    }
+}
+
+pub mod watchdog {
+    //! The watchdog decision, sans-IO: given a probe's outcome and when it started and
+    //! ended (time since an arbitrary origin, passed in), send `WATCHDOG=1` or not.
+    //!
+    //! Invariant: a ping is sent only after a probe that *started* at a tick and was
+    //! answered within [`Watchdog::probe_budget`] (a quarter of the timeout). Ticks are
+    //! [`Watchdog::period`] (half the timeout) apart, so while the gateway is healthy two
+    //! pings are at most `period + budget` = ¾ of the timeout apart — systemd never fires
+    //! on a healthy gateway, even with a probe that is slow but within budget — and after
+    //! the last successful probe, at most one timeout passes before systemd acts.
+
+    use std::time::Duration;
+
+    /// What one liveness probe found.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum ProbeOutcome {
+        /// The spool writer answered.
+        Answered,
+        /// The spool writer answered with an error (closed, a failed fsync, a dead writer).
+        SpoolRefused(String),
+        /// No answer within the budget: the writer is stuck or hopelessly behind.
+        TimedOut,
+        /// The HL7 listener task ended: devices can no longer reach the gateway.
+        ListenerStopped,
+    }
+
+    /// The decision for one probe.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum Verdict {
+        /// Send `WATCHDOG=1`. `recovered` is set on the first ping after withholding.
+        Ping {
+            /// Pings had been withheld before this one.
+            recovered: bool,
+        },
+        /// Do not send. `first` is set on the first withheld ping of an incident (log it once).
+        Withhold {
+            /// Why, for the log.
+            reason: String,
+            /// This is the first withheld ping since the last one sent.
+            first: bool,
+        },
+    }
+
+    /// The watchdog state of one process.
+    #[derive(Debug, Clone)]
+    pub struct Watchdog {
+        timeout: Duration,
+        withholding: bool,
+    }
+
+    impl Watchdog {
+        /// For a service manager that kills the process after `timeout` without a ping
+        /// (`WatchdogSec=`, passed as `$WATCHDOG_USEC`).
+        #[must_use]
+        pub fn new(timeout: Duration) -> Watchdog {
+            Watchdog {
+                timeout,
+                withholding: false,
+            }
+        }
+
+        /// How often to probe: half the timeout, as sd_watchdog_enabled(3) recommends.
+        #[must_use]
+        pub fn period(&self) -> Duration {
+            self.timeout / 2
+        }
+
+        /// How long a probe may take and still count as progress: a quarter of the timeout.
+        #[must_use]
+        pub fn probe_budget(&self) -> Duration {
+            self.timeout / 4
+        }
+
+        /// Judges a probe that started at `started` and returned `outcome` at `finished`.
+        pub fn judge(
+            &mut self,
+            started: Duration,
+            finished: Duration,
+            outcome: &ProbeOutcome,
+        ) -> Verdict {
+            let took = finished.saturating_sub(started);
+            let reason = match outcome {
+                ProbeOutcome::Answered if took <= self.probe_budget() => None,
+                ProbeOutcome::Answered => Some(format!(
+                    "spool writer answered after {} ms, budget {} ms",
+                    took.as_millis(),
+                    self.probe_budget().as_millis()
+                )),
+                ProbeOutcome::SpoolRefused(e) => Some(format!("spool refused the probe: {e}")),
+                ProbeOutcome::TimedOut => Some(format!(
+                    "spool writer did not answer within {} ms",
+                    self.probe_budget().as_millis()
+                )),
+                ProbeOutcome::ListenerStopped => Some("the HL7 listener stopped".to_owned()),
+            };
+            match reason {
+                None => Verdict::Ping {
+                    recovered: std::mem::replace(&mut self.withholding, false),
+                },
+                Some(reason) => Verdict::Withhold {
+                    reason,
+                    first: !std::mem::replace(&mut self.withholding, true),
+                },
+            }
+        }
+    }
+
+    /// The watchdog timeout systemd asks for, from the values of `$WATCHDOG_USEC` and
+    /// `$WATCHDOG_PID` (see sd_watchdog_enabled(3)). `None` — no pings — when the usec
+    /// value is missing, not a positive integer, or when a PID is given and is not
+    /// `own_pid` (the variables were inherited from a parent that is the supervised one).
+    #[must_use]
+    pub fn timeout_from_env(
+        usec: Option<&str>,
+        pid: Option<&str>,
+        own_pid: u32,
+    ) -> Option<Duration> {
+        let usec: u64 = usec?.trim().parse().ok().filter(|&u| u > 0)?;
+        if let Some(pid) = pid {
+            if pid.trim().parse::<u32>().ok() != Some(own_pid) {
+                return None;
+            }
+        }
+        Some(Duration::from_micros(usec))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        const T: Duration = Duration::from_secs(30);
+
+        fn ms(v: u64) -> Duration {
+            Duration::from_millis(v)
+        }
+
+        #[test]
+        fn period_and_budget_keep_healthy_pings_inside_the_timeout() {
+            let dog = Watchdog::new(T);
+            assert_eq!(dog.period(), Duration::from_secs(15));
+            assert_eq!(dog.probe_budget(), ms(7_500));
+            assert!(dog.period() + dog.probe_budget() < T);
+        }
+
+        #[test]
+        fn prompt_answer_pings() {
+            let mut dog = Watchdog::new(T);
+            assert_eq!(
+                dog.judge(ms(15_000), ms(15_003), &ProbeOutcome::Answered),
+                Verdict::Ping { recovered: false }
+            );
+        }
+
+        #[test]
+        fn answer_at_the_budget_still_pings_but_later_does_not() {
+            let mut dog = Watchdog::new(T);
+            assert!(matches!(
+                dog.judge(ms(0), ms(7_500), &ProbeOutcome::Answered),
+                Verdict::Ping { .. }
+            ));
+            assert!(matches!(
+                dog.judge(ms(15_000), ms(22_501), &ProbeOutcome::Answered),
+                Verdict::Withhold { first: true, .. }
+            ));
+        }
+
+        #[test]
+        fn stuck_writer_withholds_every_ping_and_logs_once() {
+            let mut dog = Watchdog::new(T);
+            assert!(matches!(
+                dog.judge(ms(0), ms(1), &ProbeOutcome::Answered),
+                Verdict::Ping { .. }
+            ));
+            let mut firsts = 0;
+            for tick in 1..10u64 {
+                let start = ms(tick * 15_000);
+                match dog.judge(start, start + ms(7_500), &ProbeOutcome::TimedOut) {
+                    Verdict::Withhold { reason, first } => {
+                        assert!(reason.contains("did not answer"), "{reason}");
+                        firsts += u32::from(first);
+                    }
+                    v @ Verdict::Ping { .. } => panic!("pinged for a stuck writer: {v:?}"),
+                }
+            }
+            assert_eq!(firsts, 1);
+            assert_eq!(
+                dog.judge(ms(150_000), ms(150_002), &ProbeOutcome::Answered),
+                Verdict::Ping { recovered: true }
+            );
+            assert_eq!(
+                dog.judge(ms(165_000), ms(165_002), &ProbeOutcome::Answered),
+                Verdict::Ping { recovered: false }
+            );
+        }
+
+        #[test]
+        fn refusing_spool_and_stopped_listener_withhold() {
+            let mut dog = Watchdog::new(T);
+            match dog.judge(ms(0), ms(1), &ProbeOutcome::SpoolRefused("closed".into())) {
+                Verdict::Withhold { reason, first } => {
+                    assert!(first);
+                    assert!(reason.contains("closed"), "{reason}");
+                }
+                v @ Verdict::Ping { .. } => panic!("{v:?}"),
+            }
+            match dog.judge(ms(15_000), ms(15_000), &ProbeOutcome::ListenerStopped) {
+                Verdict::Withhold { reason, first } => {
+                    assert!(!first);
+                    assert!(reason.contains("HL7 listener"), "{reason}");
+                }
+                v @ Verdict::Ping { .. } => panic!("{v:?}"),
+            }
+        }
+
+        #[test]
+        fn timeout_from_env_follows_sd_watchdog_enabled() {
+            assert_eq!(
+                timeout_from_env(Some("30000000"), None, 7),
+                Some(Duration::from_secs(30))
+            );
+            assert_eq!(
+                timeout_from_env(Some("1000000"), Some("7"), 7),
+                Some(Duration::from_secs(1))
+            );
+            // Inherited from a parent that systemd supervises: not ours to feed.
+            assert_eq!(timeout_from_env(Some("1000000"), Some("8"), 7), None);
+            assert_eq!(timeout_from_env(Some("1000000"), Some("x"), 7), None);
+            assert_eq!(timeout_from_env(None, Some("7"), 7), None);
+            assert_eq!(timeout_from_env(Some("0"), None, 7), None);
+            assert_eq!(timeout_from_env(Some("-5"), None, 7), None);
+            assert_eq!(timeout_from_env(Some("soon"), None, 7), None);
+        }
+    }
+}
+
 fn ack_mode(setting: AckModeSetting) -> AckMode {
     match setting {
         AckModeSetting::Auto => AckMode::Auto,
@@ -246,5 +573,74 @@ fn listener_config(config: &Config) -> ListenerConfig {
             .collect(),
         application: hl7.application.clone(),
         facility: hl7.facility.clone(),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn open_spool(dir: &std::path::Path) -> Spool {
+        let (spool, _) = Spool::open(SpoolConfig {
+            path: dir.join("spool.db"),
+            budget_bytes: 1024 * 1024,
+            ttl: [None; 4],
+            max_batch: 16,
+        })
+        .unwrap();
+        spool
+    }
+
+    #[tokio::test]
+    async fn health_probe_round_trips_through_the_spool_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let health = Health {
+            spool: open_spool(dir.path()),
+            listener_running: Arc::new(AtomicBool::new(true)),
+        };
+        let budget = Duration::from_secs(10);
+        assert_eq!(health.check(budget).await, watchdog::ProbeOutcome::Answered);
+
+        health.listener_running.store(false, Ordering::SeqCst);
+        assert_eq!(
+            health.check(budget).await,
+            watchdog::ProbeOutcome::ListenerStopped
+        );
+
+        health.listener_running.store(true, Ordering::SeqCst);
+        health.spool.close().await;
+        assert!(matches!(
+            health.check(budget).await,
+            watchdog::ProbeOutcome::SpoolRefused(_)
+        ));
+    }
+
+    /// Counts the pings `keep_watchdog` sends in `run` with a 200 ms watchdog timeout.
+    async fn pings_within(health: Health, run: Duration) -> usize {
+        let pings = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = pings.clone();
+        let dog = keep_watchdog(health, Duration::from_millis(200), move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        });
+        let _ = tokio::time::timeout(run, dog).await;
+        pings.load(Ordering::SeqCst)
+    }
+
+    #[tokio::test]
+    async fn watchdog_driver_pings_only_while_the_spool_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        let health = Health {
+            spool: open_spool(dir.path()),
+            listener_running: Arc::new(AtomicBool::new(true)),
+        };
+        // Ticks every 100 ms, the first at once: a healthy gateway pings on each.
+        let healthy = pings_within(health.clone(), Duration::from_millis(550)).await;
+        assert!(healthy >= 3, "only {healthy} pings from a healthy gateway");
+
+        // A writer that refuses (here: closed) must starve systemd's watchdog.
+        health.spool.close().await;
+        assert_eq!(pings_within(health, Duration::from_millis(550)).await, 0);
     }
 }

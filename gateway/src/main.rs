@@ -1,4 +1,9 @@
 //! `wardgate`: the command line. Thin: parse arguments, set up logging, call the library.
+//!
+//! Under systemd (`Type=notify`, `systemd/wardgate.service`) `run` tells the service
+//! manager `READY=1` once the gateway is serving, `STOPPING=1` when a stop signal
+//! arrives, and feeds its watchdog through [`wardgate::daemon::keep_watchdog`]. Without
+//! `$NOTIFY_SOCKET` every notification is a no-op.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -6,8 +11,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use sd_notify::NotifyState;
 use wardgate::config::Config;
-use wardgate::daemon::Gateway;
+use wardgate::daemon::{keep_watchdog, watchdog, Gateway};
 
 /// wardgate: the edge gateway between a hospital's medical devices and the cloud.
 #[derive(Debug, Parser)]
@@ -96,10 +102,44 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let gateway = Gateway::start(config).await?;
-    wait_for_stop_signal().await?;
+    // Spool open, listener bound: devices may connect now.
+    let status = format!("serving HL7 on {}", gateway.hl7_addr());
+    notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
+    let watchdog_task = watchdog_timeout().map(|timeout| {
+        tracing::info!(
+            timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+            "systemd watchdog enabled"
+        );
+        tokio::spawn(keep_watchdog(gateway.health(), timeout, || {
+            sd_notify::notify(&[NotifyState::Watchdog])
+        }))
+    });
+    let stop = wait_for_stop_signal().await;
+    notify(&[NotifyState::Stopping, NotifyState::Status("draining")]);
+    // systemd does not watch a service that is stopping; TimeoutStopSec bounds the drain.
+    // Wait for the abort to land, so no probe runs against components being stopped.
+    if let Some(task) = watchdog_task {
+        task.abort();
+        let _ = task.await;
+    }
     tracing::info!("stopping");
     gateway.shutdown().await;
-    Ok(())
+    stop
+}
+
+/// The watchdog timeout systemd set for this process, if any.
+fn watchdog_timeout() -> Option<Duration> {
+    let usec = std::env::var("WATCHDOG_USEC").ok();
+    let pid = std::env::var("WATCHDOG_PID").ok();
+    watchdog::timeout_from_env(usec.as_deref(), pid.as_deref(), std::process::id())
+}
+
+/// Tells the service manager about a state change. A failure to do so is logged, not
+/// fatal: the gateway's job does not depend on it, and systemd acts on what it misses.
+fn notify(state: &[NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(state) {
+        tracing::warn!(error = %e, "cannot notify the service manager");
+    }
 }
 
 async fn wait_for_stop_signal() -> anyhow::Result<()> {

@@ -11,6 +11,18 @@
 //! key path (e.g. `hl7.max_message_bytes`) and the reason.
 //!
 //! Relative paths are resolved against the directory of the config file.
+//!
+//! # systemd credentials
+//!
+//! The file keys `cloud.ca_file`, `cloud.cert_file`, `cloud.key_file` and
+//! `gateway.pseudonym_key_file` may name a systemd credential instead of a path:
+//! `key_file = "credential:gateway.key"` is the file `gateway.key` in
+//! `$CREDENTIALS_DIRECTORY`, which systemd fills from the unit's `LoadCredential=` (a
+//! private, read-only copy only this service can read; the original stays root-only).
+//! It is resolved when the file is loaded: an unset `$CREDENTIALS_DIRECTORY`, a name that
+//! is not a plain file name, or a missing credential is a [`ConfigError`] naming the key.
+//! A pseudonym key given as a credential must exist already (the credential directory is
+//! read-only, so it cannot be created there).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
@@ -94,7 +106,8 @@ pub struct CloudSection {
     pub ca_file: PathBuf,
     /// PEM file of the gateway's client certificate chain (CN = `gateway.id`).
     pub cert_file: PathBuf,
-    /// PEM file of the gateway's private key. Keep it mode 0600 or pass it as a systemd credential.
+    /// PEM file of the gateway's private key. Keep it mode 0600, or pass it as a systemd
+    /// credential: `credential:<name>` is `<name>` in `$CREDENTIALS_DIRECTORY` (module doc).
     pub key_file: PathBuf,
     /// `generic` (any MQTT broker; topics `wardgate/<gateway.id>/records/<priority>`),
     /// `azure-iot-hub` (IoT Hub's MQTT device endpoint, X.509) or `aws-iot-core` (X.509,
@@ -365,6 +378,20 @@ impl Config {
     /// # Errors
     /// A [`ConfigError`] naming the file, the key and the reason.
     pub fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+        let credentials = std::env::var_os(CREDENTIALS_DIRECTORY_VAR).map(PathBuf::from);
+        Config::parse_with_credentials(text, origin, credentials.as_deref())
+    }
+
+    /// [`Config::parse`] with the credentials directory given explicitly instead of read
+    /// from `$CREDENTIALS_DIRECTORY` (`None`: not running with credentials).
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the file, the key and the reason.
+    pub fn parse_with_credentials(
+        text: &str,
+        origin: &Path,
+        credentials_dir: Option<&Path>,
+    ) -> Result<Config, ConfigError> {
         let deserializer = toml::Deserializer::parse(text).map_err(|e| {
             ConfigError::new(
                 origin,
@@ -384,10 +411,37 @@ impl Config {
             };
             ConfigError::new(origin, key, reason)
         })?;
+        config.resolve_credentials(origin, credentials_dir)?;
         let base = origin.parent().unwrap_or_else(|| Path::new("."));
         config.resolve_paths(base);
         config.validate(origin)?;
         Ok(config)
+    }
+
+    /// Replaces every `credential:<name>` file key by the credential's path.
+    fn resolve_credentials(
+        &mut self,
+        origin: &Path,
+        credentials_dir: Option<&Path>,
+    ) -> Result<(), ConfigError> {
+        let keys: [(&str, Option<&mut PathBuf>); 4] = [
+            ("cloud.ca_file", Some(&mut self.cloud.ca_file)),
+            ("cloud.cert_file", Some(&mut self.cloud.cert_file)),
+            ("cloud.key_file", Some(&mut self.cloud.key_file)),
+            (
+                "gateway.pseudonym_key_file",
+                self.gateway.pseudonym_key_file.as_mut(),
+            ),
+        ];
+        for (key, path) in keys {
+            let Some(path) = path else { continue };
+            if let Some(resolved) = credential_path(path, credentials_dir)
+                .map_err(|reason| ConfigError::new(origin, key, reason))?
+            {
+                *path = resolved;
+            }
+        }
+        Ok(())
     }
 
     fn resolve_paths(&mut self, base: &Path) {
@@ -627,6 +681,47 @@ impl Config {
     }
 }
 
+/// The environment variable systemd sets to the service's credentials directory.
+pub const CREDENTIALS_DIRECTORY_VAR: &str = "CREDENTIALS_DIRECTORY";
+
+/// The prefix that makes a file key name a systemd credential.
+pub const CREDENTIAL_PREFIX: &str = "credential:";
+
+/// `Ok(None)` for an ordinary path; `Ok(Some(path))` for `credential:<name>` present in
+/// `credentials_dir`; `Err(reason)` otherwise.
+fn credential_path(
+    value: &Path,
+    credentials_dir: Option<&Path>,
+) -> Result<Option<PathBuf>, String> {
+    let Some(name) = value
+        .to_str()
+        .and_then(|v| v.strip_prefix(CREDENTIAL_PREFIX))
+    else {
+        return Ok(None);
+    };
+    // systemd credential names are plain file names; anything else could escape the directory.
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') {
+        return Err(format!(
+            "{name:?} is not a credential name (a plain file name as in LoadCredential=<name>:<path>)"
+        ));
+    }
+    let Some(dir) = credentials_dir else {
+        return Err(format!(
+            "names the systemd credential {name:?}, but ${CREDENTIALS_DIRECTORY_VAR} is not set \
+             (run under systemd with LoadCredential={name}:<path>, or give a file path)"
+        ));
+    };
+    let path = dir.join(name);
+    match std::fs::metadata(&path) {
+        Ok(m) if m.is_file() => Ok(Some(path)),
+        Ok(_) => Err(format!("credential {name:?} ({}) is not a file", path.display())),
+        Err(e) => Err(format!(
+            "credential {name:?} not found in {} ({e}); is LoadCredential={name}:<path> in the unit?",
+            dir.display()
+        )),
+    }
+}
+
 /// The config key of an uplink field named in an [`UplinkError::Config`].
 fn config_key_of_uplink_field(field: &str) -> String {
     let key = match field {
@@ -736,8 +831,10 @@ listen = "127.0.0.1:2575"
         for f in ["ca.pem", "gateway.pem", "gateway.key"] {
             std::fs::write(dir.path().join(f), "x").unwrap();
         }
-        let c = Config::parse(&text, &example).unwrap();
+        // The key comes in as a systemd credential, as the shipped unit passes it.
+        let c = Config::parse_with_credentials(&text, &example, Some(dir.path())).unwrap();
         assert_eq!(c.cloud.profile, Profile::Generic);
+        assert_eq!(c.cloud.key_file, dir.path().join("gateway.key"));
     }
 
     #[test]
@@ -804,6 +901,71 @@ listen = "127.0.0.1:2575"
         let e = Config::parse("[gateway\nid=", &path).unwrap_err();
         assert_eq!(e.key, "<file>");
         assert!(e.reason.contains("TOML"));
+    }
+
+    #[test]
+    fn credential_names_resolve_in_the_credentials_directory() {
+        let (_d, path, text) = with_files("");
+        let creds = tempfile::tempdir().unwrap();
+        std::fs::write(creds.path().join("gateway.key"), "k").unwrap();
+        std::fs::write(creds.path().join("pseudonym.key"), [7u8; 32]).unwrap();
+        let text = text
+            .replace(
+                "key_file = \"key.pem\"",
+                "key_file = \"credential:gateway.key\"",
+            )
+            .replace(
+                "data_dir = \"state\"",
+                "data_dir = \"state\"\npseudonym_key_file = \"credential:pseudonym.key\"",
+            );
+        let c = Config::parse_with_credentials(&text, &path, Some(creds.path())).unwrap();
+        assert_eq!(c.cloud.key_file, creds.path().join("gateway.key"));
+        assert_eq!(c.mqtt_uplink().key_file, creds.path().join("gateway.key"));
+        assert_eq!(c.pseudonym_key_path(), creds.path().join("pseudonym.key"));
+        // Ordinary paths are untouched by a credentials directory.
+        assert_eq!(c.cloud.cert_file, path.parent().unwrap().join("cert.pem"));
+    }
+
+    #[test]
+    fn credential_without_credentials_directory_names_the_key() {
+        let (_d, path, text) = with_files("");
+        let text = text.replace(
+            "cert_file = \"cert.pem\"",
+            "cert_file = \"credential:gw.pem\"",
+        );
+        let e = Config::parse_with_credentials(&text, &path, None).unwrap_err();
+        assert_eq!(e.key, "cloud.cert_file");
+        assert!(e.reason.contains("CREDENTIALS_DIRECTORY"), "{e}");
+        assert!(e.reason.contains("gw.pem"), "{e}");
+    }
+
+    #[test]
+    fn missing_credential_names_the_key_and_the_credential() {
+        let (_d, path, text) = with_files("");
+        let creds = tempfile::tempdir().unwrap();
+        let text = text.replace(
+            "key_file = \"key.pem\"",
+            "key_file = \"credential:gateway.key\"",
+        );
+        let e = Config::parse_with_credentials(&text, &path, Some(creds.path())).unwrap_err();
+        assert_eq!(e.key, "cloud.key_file");
+        assert!(e.reason.contains("\"gateway.key\" not found"), "{e}");
+    }
+
+    #[test]
+    fn credential_names_cannot_leave_the_directory() {
+        let (d, path, text) = with_files("");
+        let creds = tempfile::tempdir().unwrap();
+        for bad in ["../key.pem", "", "..", "a/b"] {
+            let text = text.replace(
+                "ca_file = \"ca.pem\"",
+                &format!("ca_file = \"credential:{bad}\""),
+            );
+            let e = Config::parse_with_credentials(&text, &path, Some(creds.path())).unwrap_err();
+            assert_eq!(e.key, "cloud.ca_file", "{bad}");
+            assert!(e.reason.contains("not a credential name"), "{bad}: {e}");
+        }
+        assert!(d.path().join("key.pem").exists());
     }
 
     #[test]

@@ -9,3 +9,4 @@ mod corrupt_spool;
 mod crash;
 mod outage;
 mod phi;
+mod systemd;
