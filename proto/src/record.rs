@@ -232,6 +232,102 @@ pub enum RecordBody {
     /// Something about the gateway itself that its operators must know (e.g. a corrupt
     /// spool was quarantined). Never carries device data.
     GatewayAlert(GatewayAlert),
+    /// A device changed state (online, offline, in procedure, ...).
+    DeviceState(DeviceStateChange),
+    /// Named numeric readings from a device that is polled (Modbus) or reports through
+    /// the agent API.
+    Measurements(MeasurementReport),
+    /// Lines of a device's log file, already scrubbed of PHI.
+    LogLines(LogBatch),
+}
+
+/// The state wardgate tracks for each device. Serialized in kebab-case
+/// (`in-procedure`), the spelling used in the config, the API and the twin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeviceState {
+    /// Declared, not heard from yet since the gateway started.
+    Unknown,
+    /// Reachable and sending (or answering polls).
+    Online,
+    /// Not reachable: polls fail, or the agent stopped reporting.
+    Offline,
+    /// Treating a patient: only clinical data flows, non-clinical work waits.
+    InProcedure,
+    /// Installing an update.
+    Updating,
+    /// The device reported a fault, or its adapter cannot work with it.
+    Error,
+}
+
+impl DeviceState {
+    /// The kebab-case name, as serialized.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            DeviceState::Unknown => "unknown",
+            DeviceState::Online => "online",
+            DeviceState::Offline => "offline",
+            DeviceState::InProcedure => "in-procedure",
+            DeviceState::Updating => "updating",
+            DeviceState::Error => "error",
+        }
+    }
+}
+
+/// A device state transition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceStateChange {
+    /// The device's configured id.
+    pub device: String,
+    /// The state before.
+    pub from: DeviceState,
+    /// The state after.
+    pub to: DeviceState,
+    /// Why, in gateway-made words (never device free text), e.g. `3 polls failed`.
+    pub reason: String,
+    /// When the transition happened (Unix milliseconds).
+    pub at_ms: u64,
+}
+
+/// One named reading.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Measurement {
+    /// The point's configured name, e.g. `supply_temperature`.
+    pub name: String,
+    /// The value after scaling.
+    pub value: f64,
+    /// Units, when configured (UCUM where possible).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub units: Option<String>,
+    /// When it was read (Unix milliseconds).
+    pub at_ms: u64,
+}
+
+/// Readings from one device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MeasurementReport {
+    /// The device.
+    pub device: DeviceIdentity,
+    /// Where the readings came from: `modbus` or `agent`.
+    pub source: String,
+    /// True when sent because the heartbeat interval passed rather than because a value
+    /// moved beyond its deadband.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub heartbeat: bool,
+    /// The readings.
+    pub measurements: Vec<Measurement>,
+}
+
+/// A batch of scrubbed log lines from one file of one device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogBatch {
+    /// The device.
+    pub device: DeviceIdentity,
+    /// The file's name (no directory), e.g. `system.log`.
+    pub file: String,
+    /// The lines, in file order, PHI replaced by markers such as `[NAME]`.
+    pub lines: Vec<String>,
 }
 
 /// A gateway alert.
@@ -253,7 +349,9 @@ impl RecordBody {
         match self {
             RecordBody::Observations(_) => Priority::Observation,
             RecordBody::Alarm(_) => Priority::Alarm,
-            RecordBody::GatewayAlert(_) => Priority::State,
+            RecordBody::GatewayAlert(_) | RecordBody::DeviceState(_) => Priority::State,
+            RecordBody::Measurements(_) => Priority::Observation,
+            RecordBody::LogLines(_) => Priority::Log,
         }
     }
 
@@ -264,6 +362,9 @@ impl RecordBody {
             RecordBody::Observations(r) => &r.device.id,
             RecordBody::Alarm(r) => &r.device.id,
             RecordBody::GatewayAlert(_) => GATEWAY_DEVICE_KEY,
+            RecordBody::DeviceState(r) => &r.device,
+            RecordBody::Measurements(r) => &r.device.id,
+            RecordBody::LogLines(r) => &r.device.id,
         }
     }
 }

@@ -100,7 +100,10 @@ pub fn control_id(r: &UplinkRecord) -> Option<&str> {
     match &r.body {
         RecordBody::Observations(o) => Some(&o.control_id),
         RecordBody::Alarm(a) => Some(&a.control_id),
-        RecordBody::GatewayAlert(_) => None,
+        RecordBody::GatewayAlert(_)
+        | RecordBody::DeviceState(_)
+        | RecordBody::Measurements(_)
+        | RecordBody::LogLines(_) => None,
     }
 }
 

@@ -113,7 +113,10 @@ impl DemoTally {
                 inner.snapshot.alarm_records += 1;
                 Some(&r.control_id)
             }
-            RecordBody::GatewayAlert(_) => None,
+            RecordBody::GatewayAlert(_)
+            | RecordBody::DeviceState(_)
+            | RecordBody::Measurements(_)
+            | RecordBody::LogLines(_) => None,
         };
         if let Some(id) = control_id {
             inner.received_ids.insert(id.clone());

@@ -359,6 +359,32 @@ pub fn render_record(
             alert.code,
             alert.message
         ),
+        RecordBody::DeviceState(change) => format!(
+            "{}  {}  {} → {} ({})  {verdict}",
+            console.paint(Style::Bold, "state"),
+            console.paint(Style::Cyan, &change.device),
+            change.from.name(),
+            change.to.name(),
+            change.reason
+        ),
+        RecordBody::Measurements(report) => format!(
+            "{}  {}  {}  {verdict}  {latency}",
+            console.paint(Style::Bold, "meas "),
+            console.paint(Style::Cyan, &device_label(&report.device)),
+            report
+                .measurements
+                .iter()
+                .map(|m| format!("{}={}", m.name, m.value))
+                .collect::<Vec<_>>()
+                .join("  ")
+        ),
+        RecordBody::LogLines(batch) => format!(
+            "{}  {}  {} line(s) of {}  {verdict}  {latency}",
+            console.paint(Style::Dim, "log  "),
+            console.paint(Style::Cyan, &device_label(&batch.device)),
+            batch.lines.len(),
+            batch.file
+        ),
     }
 }
 
