@@ -466,6 +466,32 @@ impl Spool {
             .await
     }
 
+    /// Stores records and a meta value (see [`Spool::put_meta`]) as one durable unit:
+    /// both commit or neither does. For a source that must remember how far it got
+    /// together with what it stored (a log file's offset with its lines), so a crash
+    /// neither loses nor repeats.
+    pub async fn append_with_meta(
+        &self,
+        records: Vec<Sanitized>,
+        key: &str,
+        value: Vec<u8>,
+    ) -> Result<Vec<RecordId>, SpoolError> {
+        for record in &records {
+            check_size(record)?;
+        }
+        let (reply, rx) = oneshot::channel();
+        self.request(
+            writer::Command::AppendWithMeta {
+                records,
+                key: format!("app.{key}"),
+                value,
+                reply,
+            },
+            rx,
+        )
+        .await
+    }
+
     /// Leases the next pending records: highest priority class first, within a class by
     /// id (so per-device order within a class holds). At most `max_records`, and no more
     /// payload bytes than `max_bytes` — except that one record is always returned if any

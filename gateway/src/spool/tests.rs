@@ -731,6 +731,46 @@ async fn meta_values_are_durable() {
 }
 
 #[tokio::test]
+async fn records_and_their_checkpoint_commit_together_or_not_at_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let per = charge(100, 1);
+    let config = SpoolConfig {
+        budget_bytes: per * 2,
+        ..config(dir.path())
+    };
+    let (spool, _) = open(&config);
+    let ids = spool
+        .append_with_meta(
+            vec![
+                record("d", Priority::Log, &[1; 100]),
+                record("d", Priority::Log, &[2; 100]),
+            ],
+            "log.d",
+            b"offset=200".to_vec(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), 2);
+    // The budget is full of the same class: the unit is refused, the checkpoint stays.
+    let refused = spool
+        .append_with_meta(
+            vec![record("d", Priority::Log, &[3; 100])],
+            "log.d",
+            b"offset=300".to_vec(),
+        )
+        .await;
+    assert!(matches!(refused, Err(SpoolError::Full { .. })), "{refused:?}");
+    spool.close().await;
+    let (spool, report) = open(&config);
+    assert_eq!(report.records, 2);
+    assert_eq!(
+        spool.get_meta("log.d").await.unwrap(),
+        Some(b"offset=200".to_vec())
+    );
+    spool.close().await;
+}
+
+#[tokio::test]
 async fn a_second_opener_is_refused_without_touching_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let config = config(dir.path());

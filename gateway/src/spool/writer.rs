@@ -54,6 +54,14 @@ pub(super) enum Command {
         records: Vec<Sanitized>,
         reply: Reply<Vec<RecordId>>,
     },
+    /// Records and a meta value in one transaction (e.g. log lines and the file
+    /// checkpoint after them): both are durable or neither is.
+    AppendWithMeta {
+        records: Vec<Sanitized>,
+        key: String,
+        value: Vec<u8>,
+        reply: Reply<Vec<RecordId>>,
+    },
     Ack {
         ids: Vec<RecordId>,
         reply: Reply<()>,
@@ -96,7 +104,9 @@ impl Command {
     fn refuse(self, error: &SpoolError) {
         match self {
             Command::AppendOne { reply, .. } => drop(reply.send(Err(error.clone()))),
-            Command::AppendMany { reply, .. } => drop(reply.send(Err(error.clone()))),
+            Command::AppendMany { reply, .. } | Command::AppendWithMeta { reply, .. } => {
+                drop(reply.send(Err(error.clone())))
+            }
             Command::Ack { reply, .. } | Command::PutMeta { reply, .. } => {
                 drop(reply.send(Err(error.clone())))
             }
@@ -456,6 +466,25 @@ impl Writer {
             Command::AppendMany { records, reply } => {
                 let count = records.len();
                 let planned = self.append_unit(records, count);
+                self.settle(PendingReply::Many(reply, planned));
+            }
+            Command::AppendWithMeta {
+                records,
+                key,
+                value,
+                reply,
+            } => {
+                let count = records.len();
+                let planned = self.append_unit(records, count);
+                if matches!(planned, Planned::Ok { .. }) {
+                    // Same open transaction as the records: one commit carries both. On
+                    // error the transaction is aborted and its waiters refused, this one
+                    // included (its reply is filed below, before any commit).
+                    if let Err(error) = self.put_meta(&key, &value) {
+                        let _ = reply.send(Err(error));
+                        return;
+                    }
+                }
                 self.settle(PendingReply::Many(reply, planned));
             }
             Command::Ack { ids, reply } => {
