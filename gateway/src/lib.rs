@@ -8,6 +8,7 @@
 pub mod config;
 pub mod daemon;
 pub mod demo;
+pub mod devices;
 pub mod phi;
 pub mod pipeline;
 pub mod spool;
