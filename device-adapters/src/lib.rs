@@ -9,6 +9,10 @@
 
 #[cfg(feature = "hl7")]
 pub mod hl7;
+#[cfg(feature = "logfile")]
+pub mod logfile;
+#[cfg(feature = "modbus")]
+pub mod modbus;
 
 /// Marker printed by `Debug` of anything that carries patient data.
 pub const REDACTED: &str = "<redacted: may contain PHI>";

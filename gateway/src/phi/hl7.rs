@@ -24,6 +24,7 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use wardgate_device_adapters::hl7::{PcdMessage, RawHeader, RawPatient};
 use wardgate_proto::{
@@ -31,6 +32,7 @@ use wardgate_proto::{
     ObservationValue, Pseudonym, RecordBody,
 };
 
+use super::freetext::NameTokens;
 use super::pseudonym::PseudonymKey;
 use super::{PhiError, Sanitized};
 
@@ -39,6 +41,7 @@ use super::{PhiError, Sanitized};
 pub struct Hl7Rules {
     key: PseudonymKey,
     free_text_allowed_codes: BTreeSet<String>,
+    name_tokens: Option<Arc<NameTokens>>,
 }
 
 impl Hl7Rules {
@@ -49,7 +52,16 @@ impl Hl7Rules {
         Hl7Rules {
             key,
             free_text_allowed_codes,
+            name_tokens: None,
         }
+    }
+
+    /// Also remember (as keyed hashes) the name tokens of every patient and relative the
+    /// messages name (PID-5/6/9, NK1-2), so the free-text rules can redact them from logs.
+    #[must_use]
+    pub fn with_name_tokens(mut self, name_tokens: Arc<NameTokens>) -> Self {
+        self.name_tokens = Some(name_tokens);
+        self
     }
 
     /// Turns what a device sent into a storable record. `peer` names the device when its
@@ -58,6 +70,9 @@ impl Hl7Rules {
     /// # Errors
     /// [`PhiError::Encode`] if the record cannot be serialized (not expected).
     pub fn sanitize(&self, message: PcdMessage, peer: SocketAddr) -> Result<Sanitized, PhiError> {
+        if let (Some(names), Some(patient)) = (&self.name_tokens, message.patient()) {
+            names.learn(&patient.name_tokens);
+        }
         let body = match message {
             PcdMessage::Observations(raw) => RecordBody::Observations(ObservationReport {
                 device: device_identity(&raw.header, peer),
@@ -268,6 +283,15 @@ mod tests {
             .sanitize(PcdMessage::Observations(raw), peer())
             .unwrap();
         assert_eq!(s.device(), "ip:10.0.0.5");
+    }
+
+    #[test]
+    fn patient_name_tokens_are_learned_for_log_redaction() {
+        let names = Arc::new(NameTokens::new(&PseudonymKey::from_bytes(&[9; 32]), 100));
+        let r = rules(&[]).with_name_tokens(Arc::clone(&names));
+        r.sanitize(report(Some(patient()), vec![]), peer()).unwrap();
+        assert!(names.contains("Doe") && names.contains("jane"));
+        assert!(!names.contains("MRN"));
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //! spool only accepts [`Sanitized`]. So every byte the spool writes went through a
 //! rule in this module.
 
+pub mod device;
+pub mod freetext;
 pub mod hl7;
 pub mod pseudonym;
 
