@@ -7,8 +7,9 @@
 //! (`{"schema":1,"gateway":"<id>","records":[...]}`, compact, UTF-8) holding consecutive
 //! records of a single priority, in spool order, up to the payload limit. Record bodies
 //! are copied verbatim from the spool. Publishes are QoS 1, never retained. The gateway
-//! subscribes to nothing and sends no password: it authenticates with its X.509 client
-//! certificate only.
+//! sends no password: it authenticates with its X.509 client certificate only. It
+//! subscribes to nothing, except the twin's desired-state topics when the twin is on
+//! ([`run_with_twin`]; topics and QoS in [`crate::twin`]).
 //!
 //! # Profiles (part of the product interface: cloud-side routing depends on them)
 //!
@@ -54,4 +55,4 @@ pub mod inflight;
 pub mod tls;
 
 pub use config::{MqttUplinkConfig, Profile};
-pub use driver::{check_connection, run};
+pub use driver::{check_connection, run, run_with_twin};
