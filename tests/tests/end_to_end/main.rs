@@ -9,4 +9,5 @@ mod corrupt_spool;
 mod crash;
 mod outage;
 mod phi;
+mod status;
 mod systemd;
