@@ -97,6 +97,7 @@
 //! interned; payloads stay on disk), so a spool holding one million records costs 40–80 MB
 //! of RAM, and opening it (rebuilding the index) takes well under a second.
 
+pub mod fault;
 mod index;
 mod store;
 mod syncer;

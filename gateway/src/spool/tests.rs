@@ -759,13 +759,26 @@ async fn records_and_their_checkpoint_commit_together_or_not_at_all() {
             b"offset=300".to_vec(),
         )
         .await;
-    assert!(matches!(refused, Err(SpoolError::Full { .. })), "{refused:?}");
+    assert!(
+        matches!(refused, Err(SpoolError::Full { .. })),
+        "{refused:?}"
+    );
+    // A checkpoint alone (no records) is a unit too.
+    let none = spool
+        .append_with_meta(Vec::new(), "log.e", b"offset=0".to_vec())
+        .await
+        .unwrap();
+    assert!(none.is_empty());
     spool.close().await;
     let (spool, report) = open(&config);
     assert_eq!(report.records, 2);
     assert_eq!(
         spool.get_meta("log.d").await.unwrap(),
         Some(b"offset=200".to_vec())
+    );
+    assert_eq!(
+        spool.get_meta("log.e").await.unwrap(),
+        Some(b"offset=0".to_vec())
     );
     spool.close().await;
 }

@@ -346,7 +346,10 @@ impl Writer {
                 self.wait_time()
             };
             let first = match self.rx.recv_timeout(wait) {
-                Ok(command) => Some(command),
+                Ok(command) => {
+                    super::fault::stall_while_requested();
+                    Some(command)
+                }
                 Err(flume::RecvTimeoutError::Timeout) => None,
                 Err(flume::RecvTimeoutError::Disconnected) => break,
             };

@@ -268,3 +268,81 @@ fn watchdog_meant_for_another_process_is_not_fed() {
     let log = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(!log.contains("systemd watchdog enabled"), "{log}");
 }
+
+/// Collects datagrams for `window`.
+fn collect(notify: &NotifySocket, window: Duration) -> Vec<Vec<String>> {
+    let start = Instant::now();
+    let mut seen = Vec::new();
+    while let Some(left) = window.checked_sub(start.elapsed()) {
+        match notify.next(left.max(Duration::from_millis(1))) {
+            Some(msg) => seen.push(msg),
+            None => break,
+        }
+    }
+    seen
+}
+
+#[test]
+fn a_stuck_spool_writer_starves_the_watchdog_and_recovery_resumes_it() {
+    let work = tempfile::tempdir().unwrap();
+    let creds = work.path().join("credentials");
+    std::fs::create_dir(&creds).unwrap();
+    for f in ["ca.pem", "gw.pem", "gateway.key"] {
+        std::fs::write(creds.join(f), "x").unwrap();
+    }
+    let setup = GatewaySetup {
+        dir: work.path().to_path_buf(),
+        id: "gw-stuck".to_owned(),
+        mqtt_url: format!(
+            "mqtts://127.0.0.1:{}",
+            wardgate_tests::gateway::free_port().unwrap()
+        ),
+        ca_file: creds.join("ca.pem"),
+        cert_file: creds.join("gw.pem"),
+        key_file: PathBuf::from("credential:gateway.key"),
+        hl7_port: wardgate_tests::gateway::free_port().unwrap(),
+        hl7_extra: String::new(),
+        extra_sections: String::new(),
+    };
+    let notify = NotifySocket::bind(work.path());
+    // The debug build's fault switch (gateway/src/spool/fault.rs): while this file
+    // exists, the spool writer hangs before its next request, as on a dead disk.
+    let trigger = work.path().join("stall-spool");
+    let trigger_var = trigger.to_str().unwrap().to_owned();
+    let (mut child, log) = spawn(
+        &setup,
+        &notify,
+        &creds,
+        &[
+            ("WATCHDOG_USEC", "1000000"),
+            ("WARDGATE_TEST_FAULT_STALL_SPOOL", &trigger_var),
+        ],
+    );
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let (ready, seen) = notify.wait_for("READY=1", Duration::from_secs(20));
+    assert!(ready, "no READY=1: {seen:?}\n{}", log_text());
+
+    let healthy = count(&collect(&notify, Duration::from_secs(2)), "WATCHDOG=1");
+    assert!(healthy >= 2, "{healthy} pings in 2 s while healthy\n{}", log_text());
+
+    std::fs::write(&trigger, b"").unwrap();
+    // A probe already past the writer may still ping once; after that, silence — for
+    // three watchdog periods, so systemd would have restarted the service.
+    let _settling = collect(&notify, Duration::from_millis(800));
+    let stuck = collect(&notify, Duration::from_secs(3));
+    assert_eq!(
+        count(&stuck, "WATCHDOG=1"),
+        0,
+        "the watchdog was fed while the spool writer hung: {stuck:?}\n{}",
+        log_text()
+    );
+    assert!(log_text().contains("watchdog.withheld"), "{}", log_text());
+
+    // The disk comes back: pings resume without a restart.
+    std::fs::remove_file(&trigger).unwrap();
+    let (resumed, seen) = notify.wait_for("WATCHDOG=1", Duration::from_secs(5));
+    assert!(resumed, "no ping after recovery: {seen:?}\n{}", log_text());
+
+    let status = sigterm_and_wait(&mut child, &log);
+    assert!(status.success(), "{status}\n{}", log_text());
+}
