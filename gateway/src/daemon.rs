@@ -26,16 +26,33 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use wardgate_device_adapters::hl7::{self as hl7_adapter, AckMode, ListenerConfig, ListenerStats};
 
+use crate::audit::AuditLog;
 use crate::config::{AckModeSetting, Config};
+use crate::devices::{unix_ms, Registry};
+use crate::phi::freetext::{FreeTextRules, NameTokens};
 use crate::phi::{Hl7Rules, PseudonymKey, Sanitized};
+use crate::pipeline::agent::AgentIngest;
+use crate::pipeline::device_plane::DevicePlane;
 use crate::pipeline::hl7::Hl7Ingest;
+use crate::pipeline::logfile::LogIngest;
+use crate::pipeline::modbus::ModbusIngest;
 use crate::spool::{Spool, SpoolConfig, SpoolStats};
+use crate::twin::{DeviceCapabilities, TwinChannels, TwinOptions};
 use crate::uplink::mqtt;
 use crate::uplink::UplinkStatus;
+
+use self::alerts::Alerts;
+use self::status_source::GatewayStatus;
+
+/// Spool meta key of the learned patient-name tokens (keyed hashes, no plaintext).
+const NAME_TOKENS_KEY: &str = "phi.name_tokens";
+
+/// How often newly learned name tokens are saved (and once more at shutdown).
+const NAME_TOKENS_SAVE_EVERY: Duration = Duration::from_secs(30);
 
 /// Why the gateway could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -68,11 +85,25 @@ pub enum DaemonError {
     /// The uplink's configuration was refused (certificates, URL).
     #[error("uplink: {0}")]
     Uplink(#[from] crate::uplink::UplinkError),
+    /// The agent API could not start (certificates, token files, bind).
+    #[error("agent_api: {0}")]
+    AgentApi(String),
+    /// The status endpoint could not start (token file, TLS, bind).
+    #[error("status: {0}")]
+    Status(String),
+    /// The free-text PHI rules were refused.
+    #[error("phi.free_text: {0}")]
+    FreeText(String),
+    /// The audit log cannot be opened (damaged chain, permissions).
+    #[error("audit log: {0}")]
+    Audit(#[from] crate::audit::AuditError),
 }
 
 /// A running gateway.
 pub struct Gateway {
     hl7_addr: SocketAddr,
+    agent_addr: Option<SocketAddr>,
+    status_addr: Option<SocketAddr>,
     spool: Spool,
     shutdown: watch::Sender<bool>,
     listener_task: JoinHandle<()>,
@@ -80,6 +111,14 @@ pub struct Gateway {
     uplink_status: watch::Receiver<UplinkStatus>,
     hl7_stats: Arc<ListenerStats>,
     listener_running: Arc<AtomicBool>,
+    /// Listeners besides HL7 (agent API, status), stopped with it.
+    servers: Vec<(&'static str, JoinHandle<()>)>,
+    plane_task: JoinHandle<()>,
+    recorder_task: JoinHandle<()>,
+    name_tokens_task: JoinHandle<()>,
+    configs: mpsc::Sender<Config>,
+    running_config: Config,
+    status: GatewayStatus,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -110,7 +149,7 @@ impl Gateway {
         if created {
             tracing::warn!(path = %config.pseudonym_key_path().display(), "created a new pseudonym key: back it up");
         }
-        let rules = Hl7Rules::new(key, config.phi.free_text_allowed_codes.clone());
+        let rules = Hl7Rules::new(key.clone(), config.phi.free_text_allowed_codes.clone());
 
         let spool_config = SpoolConfig {
             path: data_dir.join("spool.db"),
@@ -125,32 +164,158 @@ impl Gateway {
                 .map_err(|e| DaemonError::Internal(format!("spool open task: {e}")))??
         };
         tracing::info!(records = report.records, bytes = report.bytes, "spool open");
+        let alerts = Arc::new(Alerts::new(spool.clone()));
         if let Some(quarantined) = &report.quarantined {
-            let message = format!(
-                "the spool file was unreadable and was moved aside to {}; a new spool was started",
-                quarantined.display()
-            );
-            tracing::error!(alert = "spool.quarantined", "{message}");
-            // Tell the cloud too; if even this fails, the log line above stands.
-            if let Ok(alert) = Sanitized::gateway_alert("spool.quarantined", &message) {
-                if let Err(e) = spool.append(alert).await {
-                    tracing::error!(error = %e, "could not spool the quarantine alert");
+            alerts
+                .raise(
+                    "spool.quarantined",
+                    format!(
+                        "the spool file was unreadable and was moved aside to {}; a new spool was started",
+                        quarantined.display()
+                    ),
+                )
+                .await;
+        }
+        let audit = Arc::new(AuditLog::open(&data_dir.join(crate::audit::FILE_NAME))?);
+
+        // Patient names seen in HL7, as keyed hashes, so log lines can be scrubbed of
+        // them; kept across restarts in the spool's meta table.
+        let name_tokens = Arc::new(NameTokens::new(&key, config.phi.name_tokens));
+        match spool.get_meta(NAME_TOKENS_KEY).await {
+            Ok(Some(bytes)) => {
+                if let Err(e) = name_tokens.import(&bytes) {
+                    tracing::error!(error = %e, "stored name tokens unusable (was the pseudonym key replaced?); starting empty");
                 }
             }
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "cannot read stored name tokens; starting empty"),
         }
+        let free_text = Arc::new(
+            FreeTextRules::new(&config.phi.free_text, name_tokens.clone())
+                .map_err(DaemonError::FreeText)?,
+        );
+        let rules = rules.with_name_tokens(name_tokens.clone());
 
         let (shutdown, shutdown_rx) = watch::channel(false);
 
+        // Devices: the registry, and the recorder that spools their state changes.
+        let (registry, transitions) = Registry::new(Arc::new(unix_ms));
+        let recorder_task = tokio::spawn(record_transitions(
+            transitions,
+            spool.clone(),
+            shutdown_rx.clone(),
+        ));
+
+        // The uplink, with the twin on the same connection.
         let uplink_config = config.mqtt_uplink();
         let (status_tx, uplink_status) = watch::channel(UplinkStatus::default());
+        let (reports_tx, reports_rx) = watch::channel(None);
+        let (outcomes_tx, outcomes_rx) = mpsc::channel(16);
+        let twin = TwinChannels {
+            reports: reports_rx,
+            outcomes: outcomes_tx,
+            devices: {
+                let registry = registry.clone();
+                Arc::new(move || {
+                    registry
+                        .snapshot()
+                        .iter()
+                        .map(DeviceCapabilities::from_view)
+                        .collect()
+                })
+            },
+            options: TwinOptions::default(),
+        };
         let uplink_task = {
             let source = Arc::new(spool.clone());
             let shutdown = shutdown_rx.clone();
             tokio::spawn(async move {
-                if let Err(e) = mqtt::run(uplink_config, source, status_tx, shutdown).await {
+                if let Err(e) =
+                    mqtt::run_with_twin(uplink_config, source, status_tx, shutdown, Some(twin))
+                        .await
+                {
                     tracing::error!(error = %e, "MQTT uplink stopped");
                 }
             })
+        };
+
+        let hl7_stats = Arc::new(ListenerStats::new());
+        let status = GatewayStatus {
+            gateway_id: config.gateway.id.clone(),
+            started_at_ms: unix_ms(),
+            spool: spool.clone(),
+            uplink: uplink_status.clone(),
+            hl7: hl7_stats.clone(),
+            registry: registry.clone(),
+            alerts: alerts.clone(),
+        };
+        let mut servers = Vec::new();
+
+        // The agent API.
+        let mut agent_addr = None;
+        let agent = match &config.agent_api {
+            Some(api) => {
+                let runtime = crate::agent_api::AgentApiRuntime::load(api, &config.agent_devices())
+                    .map_err(|e| DaemonError::AgentApi(e.to_string()))?;
+                let listener = tokio::net::TcpListener::bind(api.listen)
+                    .await
+                    .map_err(|e| DaemonError::AgentApi(format!("listen {}: {e}", api.listen)))?;
+                agent_addr = listener.local_addr().ok();
+                let backend = Arc::new(AgentIngest::new(
+                    spool.clone(),
+                    registry.clone(),
+                    free_text.clone(),
+                    plane::device_settings(&config),
+                ));
+                let shutdown = shutdown_rx.clone();
+                let serving = backend.clone();
+                servers.push((
+                    "agent API",
+                    tokio::spawn(async move {
+                        if let Err(e) =
+                            crate::agent_api::serve(listener, runtime, serving, shutdown).await
+                        {
+                            tracing::error!(error = %e, "agent API stopped");
+                        }
+                    }),
+                ));
+                Some(backend)
+            }
+            None => None,
+        };
+
+        // The device plane: Modbus pollers and log followers, under config reloads and
+        // the cloud's allow-listed settings.
+        let (configs, configs_rx) = mpsc::channel(4);
+        let plane_task = {
+            let plane = DevicePlane::new(
+                registry.clone(),
+                Arc::new(ModbusIngest::new(
+                    spool.clone(),
+                    registry.clone(),
+                    alerts.clone(),
+                )),
+                Arc::new(LogIngest::new(
+                    spool.clone(),
+                    registry.clone(),
+                    free_text.clone(),
+                )),
+            );
+            let overrides = plane::load_overrides(&spool).await;
+            let control = plane::PlaneLoop {
+                plane,
+                registry: registry.clone(),
+                spool: spool.clone(),
+                audit,
+                alerts: alerts.clone(),
+                agent,
+                configs: configs_rx,
+                outcomes: outcomes_rx,
+                reports: reports_tx,
+            };
+            let devices = config.devices.clone();
+            let shutdown = shutdown_rx.clone();
+            tokio::spawn(control.run(devices, overrides, shutdown))
         };
 
         let listener = tokio::net::TcpListener::bind(config.hl7.listen)
@@ -163,14 +328,14 @@ impl Gateway {
             addr: config.hl7.listen,
             source,
         })?;
-        let hl7_stats = Arc::new(ListenerStats::new());
         let listener_running = Arc::new(AtomicBool::new(true));
         let listener_task = {
             let running = listener_running.clone();
-            let sink = Arc::new(Hl7Ingest::new(rules, spool.clone()));
+            let sink =
+                Arc::new(Hl7Ingest::new(rules, spool.clone()).with_registry(registry.clone()));
             let cfg = listener_config(&config);
             let stats = hl7_stats.clone();
-            let shutdown = shutdown_rx;
+            let shutdown = shutdown_rx.clone();
             tokio::spawn(async move {
                 if let Err(e) = hl7_adapter::serve(listener, cfg, sink, stats, shutdown).await {
                     tracing::error!(error = %e, "HL7 listener stopped");
@@ -178,10 +343,39 @@ impl Gateway {
                 running.store(false, Ordering::SeqCst);
             })
         };
-        tracing::info!(%hl7_addr, gateway = %config.gateway.id, "wardgate serving");
+
+        // The technician's status endpoint, last: it shows everything above.
+        let mut status_addr = None;
+        if let Some(status_config) = &config.status {
+            let runtime = crate::status::StatusRuntime::load(status_config)
+                .map_err(|e| DaemonError::Status(e.to_string()))?;
+            let listener = tokio::net::TcpListener::bind(status_config.listen)
+                .await
+                .map_err(|e| {
+                    DaemonError::Status(format!("listen {}: {e}", status_config.listen))
+                })?;
+            status_addr = listener.local_addr().ok();
+            let source = Arc::new(status.clone());
+            let shutdown = shutdown_rx.clone();
+            servers.push((
+                "status endpoint",
+                tokio::spawn(async move {
+                    if let Err(e) = crate::status::serve(listener, runtime, source, shutdown).await
+                    {
+                        tracing::error!(error = %e, "status endpoint stopped");
+                    }
+                }),
+            ));
+        }
+
+        let name_tokens_task =
+            tokio::spawn(save_name_tokens(name_tokens, spool.clone(), shutdown_rx));
+        tracing::info!(%hl7_addr, gateway = %config.gateway.id, devices = config.devices.len(), "wardgate serving");
 
         Ok(Gateway {
             hl7_addr,
+            agent_addr,
+            status_addr,
             spool,
             shutdown,
             listener_task,
@@ -189,6 +383,13 @@ impl Gateway {
             uplink_status,
             hl7_stats,
             listener_running,
+            servers,
+            plane_task,
+            recorder_task,
+            name_tokens_task,
+            configs,
+            running_config: config,
+            status,
         })
     }
 
@@ -206,6 +407,54 @@ impl Gateway {
     #[must_use]
     pub fn hl7_addr(&self) -> SocketAddr {
         self.hl7_addr
+    }
+
+    /// The agent API's address, when it is configured.
+    #[must_use]
+    pub fn agent_addr(&self) -> Option<SocketAddr> {
+        self.agent_addr
+    }
+
+    /// The status endpoint's address, when it is configured.
+    #[must_use]
+    pub fn status_addr(&self) -> Option<SocketAddr> {
+        self.status_addr
+    }
+
+    /// The figures the status endpoint serves.
+    #[must_use]
+    pub fn status(&self) -> crate::status::snapshot::StatusSnapshot {
+        use crate::status::StatusSource;
+        self.status.snapshot()
+    }
+
+    /// Watches the configuration file and applies valid edits of the `[[device]]` list
+    /// while running (see [`reload`]). Stops with the gateway.
+    pub fn watch_config(&self, path: std::path::PathBuf) {
+        let configs = self.configs.clone();
+        let alerts = self.status.alerts.clone();
+        let shutdown = self.shutdown.subscribe();
+        let running = self.running_config.clone();
+        let handle = tokio::runtime::Handle::current();
+        tokio::spawn(reload::watch_config(
+            path,
+            running,
+            configs,
+            move |reason| {
+                let alerts = alerts.clone();
+                handle.spawn(async move {
+                    alerts
+                        .raise(
+                            "config.refused",
+                            format!(
+                                "config change refused, the running configuration stays: {reason}"
+                            ),
+                        )
+                        .await
+                });
+            },
+            shutdown,
+        ));
     }
 
     /// Spool figures.
@@ -231,6 +480,23 @@ impl Gateway {
         let _ = self.shutdown.send(true);
         if let Err(e) = self.listener_task.await {
             tracing::error!(error = %e, "HL7 listener task failed");
+        }
+        for (name, task) in self.servers {
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "{name} task failed");
+            }
+        }
+        // Device tasks finish the chunk or poll they are in (each bounded), then stop.
+        if let Err(e) = self.plane_task.await {
+            tracing::error!(error = %e, "device plane task failed");
+        }
+        for (name, task) in [
+            ("state recorder", self.recorder_task),
+            ("name-token saver", self.name_tokens_task),
+        ] {
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "{name} task failed");
+            }
         }
         // The uplink stops at its next await point; in-flight records stay leased-but-unacked
         // in the spool and are replayed next start. Bound the wait so a hung broker
@@ -313,7 +579,71 @@ where
     }
 }
 
+pub mod alerts;
+pub mod plane;
+pub mod reload;
+pub mod status_source;
 pub mod watchdog;
+
+/// Spools device state changes until shutdown, then those still queued.
+async fn record_transitions(
+    mut transitions: mpsc::Receiver<wardgate_proto::DeviceStateChange>,
+    spool: Spool,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let store = |change| {
+        let spool = spool.clone();
+        async move {
+            match Sanitized::device_state(change) {
+                Ok(record) => {
+                    if let Err(e) = spool.append(record).await {
+                        tracing::error!(error = %e, "could not spool a device state change");
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "could not encode a device state change"),
+            }
+        }
+    };
+    loop {
+        tokio::select! {
+            change = transitions.recv() => match change {
+                Some(change) => store(change).await,
+                None => return,
+            },
+            _ = shutdown.changed() => break,
+        }
+    }
+    while let Ok(change) = transitions.try_recv() {
+        store(change).await;
+    }
+}
+
+/// Saves newly learned name tokens every [`NAME_TOKENS_SAVE_EVERY`] and at shutdown.
+async fn save_name_tokens(
+    tokens: Arc<NameTokens>,
+    spool: Spool,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut saved = tokens.len();
+    let mut tick = tokio::time::interval(NAME_TOKENS_SAVE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let stopping = tokio::select! {
+            _ = tick.tick() => false,
+            _ = shutdown.changed() => true,
+        };
+        let now = tokens.len();
+        if now != saved {
+            match spool.put_meta(NAME_TOKENS_KEY, tokens.export()).await {
+                Ok(()) => saved = now,
+                Err(e) => tracing::error!(error = %e, "could not save name tokens"),
+            }
+        }
+        if stopping {
+            return;
+        }
+    }
+}
 
 fn ack_mode(setting: AckModeSetting) -> AckMode {
     match setting {

@@ -36,6 +36,25 @@ enum Command {
         /// The configuration file.
         file: PathBuf,
     },
+    /// Show the running gateway's status (devices, spool, uplink, alerts) from its
+    /// `[status]` endpoint, as text for a person or `--json` for scripts.
+    Status {
+        /// The configuration file (for the endpoint's address and token file).
+        #[arg(long, short, default_value = "/etc/wardgate/wardgate.toml")]
+        config: PathBuf,
+        /// The bearer token's file, when the configuration names it as a systemd
+        /// credential (`credential:<name>`) that only the service can read.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// Print the status as served at /status.json.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the tamper-evident audit log's hash chain.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Run the gateway with simulated patient monitors and an embedded cloud stand-in,
     /// and show what reached the cloud (no names, MRNs or birth dates).
     Demo {
@@ -45,6 +64,18 @@ enum Command {
         /// How many simulated monitors.
         #[arg(long, default_value_t = wardgate::demo::DEFAULT_MONITORS)]
         monitors: usize,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Walk the audit log and report the first entry whose hash chain is broken.
+    Verify {
+        /// The audit log (default: `audit.log` in the configured data directory).
+        file: Option<PathBuf>,
+        /// The configuration file (for the data directory).
+        #[arg(long, short, default_value = "/etc/wardgate/wardgate.toml")]
+        config: PathBuf,
     },
 }
 
@@ -68,10 +99,48 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run { config } => {
-            let config = Config::load(&config)?;
+            let path = config;
+            let config = Config::load(&path)?;
             init_logging(&config.logging.level);
-            runtime()?.block_on(serve(config))?;
+            runtime()?.block_on(serve(config, path))?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Status {
+            config,
+            token_file,
+            json,
+        } => {
+            let config = Config::load(&config)?;
+            let Some(status) = config.status.as_ref() else {
+                anyhow::bail!(
+                    "there is no [status] section in the configuration: the status endpoint is off"
+                );
+            };
+            let mut target = status.client_target();
+            if let Some(token_file) = token_file {
+                target.token_file = token_file;
+            }
+            let text = runtime()?.block_on(wardgate::status::cli::run(&target, json))?;
+            print!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit {
+            command: AuditCommand::Verify { file, config },
+        } => {
+            let path = match file {
+                Some(file) => file,
+                None => Config::load(&config)?
+                    .gateway
+                    .data_dir
+                    .join(wardgate::audit::FILE_NAME),
+            };
+            let (report, intact) = wardgate::audit::verify_command(&path);
+            print!("{report}");
+            Ok(if intact {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Demo { duration, monitors } => {
             // The demo creates a fresh pseudonym key every run; its "back it up" warning is noise here.
@@ -100,8 +169,10 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config, path: PathBuf) -> anyhow::Result<()> {
     let gateway = Gateway::start(config).await?;
+    // Device edits apply while running; anything else is named as needing a restart.
+    gateway.watch_config(path);
     // Spool open, listener bound: devices may connect now.
     let status = format!("serving HL7 on {}", gateway.hl7_addr());
     notify(&[NotifyState::Ready, NotifyState::Status(&status)]);

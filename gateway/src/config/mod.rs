@@ -31,6 +31,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub mod devices;
+
+pub use devices::DeviceConfig;
+
 use crate::uplink::mqtt::config::BrokerAddress;
 use crate::uplink::mqtt::{MqttUplinkConfig, Profile};
 use crate::uplink::UplinkError;
@@ -76,6 +80,16 @@ pub struct Config {
     /// Logging.
     #[serde(default)]
     pub logging: LoggingSection,
+    /// The site's devices, one `[[device]]` table each (see [`devices`]). Reloaded while
+    /// running.
+    #[serde(default, rename = "device")]
+    pub devices: Vec<DeviceConfig>,
+    /// The device agent API (HTTPS on the LAN). Absent: off.
+    #[serde(default)]
+    pub agent_api: Option<crate::agent_api::AgentApiConfig>,
+    /// The technician's status endpoint (page, `/status.json`, `/metrics`). Absent: off.
+    #[serde(default)]
+    pub status: Option<crate::status::StatusConfig>,
 }
 
 /// `[gateway]`
@@ -252,12 +266,22 @@ pub struct PhiSection {
     /// `MDC_ATTR_ALARM_PRIORITY`, `MDC_ATTR_ALERT_TYPE`). Setting the key replaces the default.
     #[serde(default = "defaults::free_text_allowed_codes")]
     pub free_text_allowed_codes: BTreeSet<String>,
+    /// Rules for free text that must leave (device log lines): `[phi.free_text]`, see
+    /// `phi/freetext.rs` for each pattern. Default: every rule on.
+    #[serde(default)]
+    pub free_text: crate::phi::freetext::FreeTextConfig,
+    /// Most patient name tokens remembered (as keyed hashes, never plaintext) to redact
+    /// names from log lines. Default 100000 (about 2 MB).
+    #[serde(default = "defaults::name_tokens")]
+    pub name_tokens: usize,
 }
 
 impl Default for PhiSection {
     fn default() -> Self {
         PhiSection {
             free_text_allowed_codes: defaults::free_text_allowed_codes(),
+            free_text: crate::phi::freetext::FreeTextConfig::default(),
+            name_tokens: defaults::name_tokens(),
         }
     }
 }
@@ -291,6 +315,9 @@ impl Default for SpoolSection {
 
 mod defaults {
     use super::AckModeSetting;
+    pub const fn name_tokens() -> usize {
+        100_000
+    }
     pub const fn inflight_window() -> u16 {
         64
     }
@@ -424,17 +451,7 @@ impl Config {
         origin: &Path,
         credentials_dir: Option<&Path>,
     ) -> Result<(), ConfigError> {
-        let keys: [(&str, Option<&mut PathBuf>); 4] = [
-            ("cloud.ca_file", Some(&mut self.cloud.ca_file)),
-            ("cloud.cert_file", Some(&mut self.cloud.cert_file)),
-            ("cloud.key_file", Some(&mut self.cloud.key_file)),
-            (
-                "gateway.pseudonym_key_file",
-                self.gateway.pseudonym_key_file.as_mut(),
-            ),
-        ];
-        for (key, path) in keys {
-            let Some(path) = path else { continue };
+        for (key, path) in self.file_keys_mut() {
             if let Some(resolved) = credential_path(path, credentials_dir)
                 .map_err(|reason| ConfigError::new(origin, key, reason))?
             {
@@ -444,6 +461,39 @@ impl Config {
         Ok(())
     }
 
+    /// Every key that names a file (may be `credential:<name>`), with its value.
+    fn file_keys_mut(&mut self) -> Vec<(String, &mut PathBuf)> {
+        let mut keys: Vec<(String, &mut PathBuf)> = vec![
+            ("cloud.ca_file".into(), &mut self.cloud.ca_file),
+            ("cloud.cert_file".into(), &mut self.cloud.cert_file),
+            ("cloud.key_file".into(), &mut self.cloud.key_file),
+        ];
+        if let Some(p) = self.gateway.pseudonym_key_file.as_mut() {
+            keys.push(("gateway.pseudonym_key_file".into(), p));
+        }
+        if let Some(status) = self.status.as_mut() {
+            keys.extend(
+                status
+                    .file_keys_mut()
+                    .into_iter()
+                    .map(|(k, p)| (k.to_owned(), p)),
+            );
+        }
+        if let Some(api) = self.agent_api.as_mut() {
+            keys.push(("agent_api.server_cert".into(), &mut api.server_cert));
+            keys.push(("agent_api.server_key".into(), &mut api.server_key));
+            if let Some(ca) = api.device_ca.as_mut() {
+                keys.push(("agent_api.device_ca".into(), ca));
+            }
+        }
+        for (i, device) in self.devices.iter_mut().enumerate() {
+            if let Some(crate::agent_api::AgentAuth::Token { token_file }) = device.agent.as_mut() {
+                keys.push((format!("device[{i}].agent.token_file"), token_file));
+            }
+        }
+        keys
+    }
+
     fn resolve_paths(&mut self, base: &Path) {
         let resolve = |p: &mut PathBuf| {
             if p.is_relative() {
@@ -451,12 +501,9 @@ impl Config {
             }
         };
         resolve(&mut self.gateway.data_dir);
-        if let Some(p) = self.gateway.pseudonym_key_file.as_mut() {
-            resolve(p);
+        for (_, path) in self.file_keys_mut() {
+            resolve(path);
         }
-        resolve(&mut self.cloud.ca_file);
-        resolve(&mut self.cloud.cert_file);
-        resolve(&mut self.cloud.key_file);
     }
 
     /// Checks values and cross-key rules that types alone cannot express.
@@ -619,6 +666,43 @@ impl Config {
             }
         }
 
+        devices::validate(&self.devices, file)?;
+        if let Err(reason) = self.phi.free_text.validate() {
+            return Err(devices::adapter_error(file, "phi.free_text", &reason));
+        }
+        if !(1..=10_000_000).contains(&self.phi.name_tokens) {
+            return err(
+                "phi.name_tokens",
+                format!("must be 1–10000000, is {}", self.phi.name_tokens),
+            );
+        }
+        if let Some(status) = &self.status {
+            status.validate().map_err(|e| match e {
+                crate::status::StatusError::Config { key, reason } => {
+                    ConfigError::new(file, key, reason)
+                }
+                other => ConfigError::new(file, "status", other.to_string()),
+            })?;
+        }
+        let agents = self.agent_devices();
+        match &self.agent_api {
+            Some(api) => {
+                api.validate()
+                    .and_then(|()| crate::agent_api::config::validate_devices(api, &agents))
+                    .map_err(|p| {
+                        ConfigError::new(file, format!("agent_api.{}", p.key), p.reason)
+                    })?;
+            }
+            None => {
+                if let Some(first) = agents.first() {
+                    return err(
+                        "agent_api",
+                        format!("device {:?} has an agent credential, but there is no [agent_api] section", first.id),
+                    );
+                }
+            }
+        }
+
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.logging.level) {
             return err("logging.level", format!("not a valid filter: {e}"));
         }
@@ -653,6 +737,20 @@ impl Config {
             backoff_max: Duration::from_secs(cloud.backoff_max_secs),
             ack_timeout: Duration::from_secs(cloud.ack_timeout_secs),
         }
+    }
+
+    /// The devices that use the agent API, with their credentials.
+    #[must_use]
+    pub fn agent_devices(&self) -> Vec<crate::agent_api::AgentDevice> {
+        self.devices
+            .iter()
+            .filter_map(|d| {
+                d.agent.clone().map(|auth| crate::agent_api::AgentDevice {
+                    id: d.id.clone(),
+                    auth,
+                })
+            })
+            .collect()
     }
 
     /// Where the pseudonym key lives.

@@ -289,10 +289,45 @@ struct View {
 }
 
 impl View {
+    /// The gateway's twin document (generic profile: retained, whole document).
+    fn on_twin_report(&mut self, payload: &[u8], leaked: usize) {
+        let Ok(doc) = serde_json::from_slice::<serde_json::Value>(payload) else {
+            self.tally.undecodable();
+            self.console
+                .warn("cloud received a twin document that is not JSON");
+            return;
+        };
+        let devices = doc
+            .get("devices")
+            .and_then(serde_json::Value::as_object)
+            .map_or(0, serde_json::Map::len);
+        let spooled = doc
+            .pointer("/gateway/spool/records")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0);
+        let verdict = if leaked == 0 {
+            self.console.paint(Style::Green, "✓ no PHI")
+        } else {
+            self.console.paint(
+                Style::Red,
+                &format!("✗ {leaked} PLANTED IDENTIFIER(S) IN PAYLOAD"),
+            )
+        };
+        self.console.line(&format!(
+            "{}  {}  reported state: {devices} declared device(s), {spooled} record(s) spooled  {verdict}",
+            self.console.paint(Style::Dim, &self.console.elapsed()),
+            self.console.paint(Style::Dim, "twin ")
+        ));
+    }
+
     fn on_publish(&mut self, topic: &str, payload: &[u8]) {
         // The broker's tap already counted this payload for the verdict; this check only
         // labels the line.
         let leaked = self.ledger.scanner().scan(payload).len();
+        if topic.ends_with("/twin/reported") {
+            self.on_twin_report(payload, leaked);
+            return;
+        }
         let batch: UplinkBatch = match serde_json::from_slice(payload) {
             Ok(batch) => batch,
             Err(_) => {

@@ -34,6 +34,15 @@ const TRANSITION_QUEUE: usize = 1024;
 /// Source of wall-clock time (Unix ms).
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
 
+/// The system's wall clock in Unix milliseconds (0 before 1970, which a gateway with a
+/// dead RTC can report; records then carry 0 rather than failing).
+#[must_use]
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// The registry's view of a declared device (the adapter settings live elsewhere).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Declaration {
@@ -167,41 +176,63 @@ impl Registry {
     /// Data arrived from the device (ignored for undeclared ids).
     pub fn data_seen(&self, id: &str) {
         let now = (self.clock)();
-        self.change(id, |m| m.data_seen(now));
+        if let Some((_, Some(change))) = self.change(id, |m| m.data_seen(now)) {
+            self.record_later(change);
+        }
     }
 
     /// Evidence about the device's state (ignored for undeclared ids). Returns the
-    /// device's state afterwards.
+    /// device's state afterwards. The transition, if any, goes to the transition channel.
     pub fn evidence(&self, id: &str, evidence: &Evidence) -> Option<DeviceState> {
         let now = (self.clock)();
+        let (state, change) = self.change(id, |m| m.apply(evidence, now))?;
+        if let Some(change) = change {
+            self.record_later(change);
+        }
+        Some(state)
+    }
+
+    /// Like [`Registry::evidence`], but hands the transition to the caller, which stores
+    /// it itself before answering someone (the agent API's ACK-after-commit); if that
+    /// fails, the caller gives it back with [`Registry::record_later`].
+    pub fn evidence_for_caller(
+        &self,
+        id: &str,
+        evidence: &Evidence,
+    ) -> Option<(DeviceState, Option<DeviceStateChange>)> {
+        let now = (self.clock)();
         self.change(id, |m| m.apply(evidence, now))
+    }
+
+    /// Queues a transition for the recorder (the daemon's task that spools them).
+    pub fn record_later(&self, change: DeviceStateChange) {
+        if self.transitions.try_send(change).is_err() {
+            self.dropped_transitions.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     fn change(
         &self,
         id: &str,
         step: impl FnOnce(&mut DeviceStateMachine) -> Option<Transition>,
-    ) -> Option<DeviceState> {
+    ) -> Option<(DeviceState, Option<DeviceStateChange>)> {
         let mut devices = self.lock();
         let entry = devices.by_id.get_mut(id)?;
         let transition = step(&mut entry.machine);
         let state = entry.machine.state();
         drop(devices);
-        if let Some(t) = transition {
+        let change = transition.map(|t| {
             tracing::info!(device = id, from = t.from.name(), to = t.to.name(), reason = %t.reason, "device state");
-            let change = DeviceStateChange {
+            self.generation.send_modify(|g| *g += 1);
+            DeviceStateChange {
                 device: id.to_owned(),
                 from: t.from,
                 to: t.to,
                 reason: t.reason,
                 at_ms: t.at_ms,
-            };
-            if self.transitions.try_send(change).is_err() {
-                self.dropped_transitions.fetch_add(1, Ordering::Relaxed);
             }
-            self.generation.send_modify(|g| *g += 1);
-        }
-        Some(state)
+        });
+        Some((state, change))
     }
 
     /// The device's state, if declared.
@@ -235,7 +266,12 @@ impl Registry {
                 }
                 Decision::Defer(state) => {
                     if !deferred {
-                        tracing::info!(device = id, work = work.name(), state = state.name(), "patient-first: deferred");
+                        tracing::info!(
+                            device = id,
+                            work = work.name(),
+                            state = state.name(),
+                            "patient-first: deferred"
+                        );
                         deferred = true;
                     }
                 }
@@ -287,7 +323,11 @@ mod tests {
         }
     }
 
-    fn registry() -> (Arc<Registry>, mpsc::Receiver<DeviceStateChange>, Arc<AtomicU64>) {
+    fn registry() -> (
+        Arc<Registry>,
+        mpsc::Receiver<DeviceStateChange>,
+        Arc<AtomicU64>,
+    ) {
         let now = Arc::new(AtomicU64::new(1000));
         let clock = now.clone();
         let (r, rx) = Registry::new(Arc::new(move || clock.load(Ordering::SeqCst)));
@@ -300,9 +340,15 @@ mod tests {
         assert_eq!(r.apply(vec![decl("a"), decl("b")]).0, vec!["a", "b"]);
         r.data_seen("a");
         let change = rx.try_recv().unwrap();
-        assert_eq!((change.device.as_str(), change.to), ("a", DeviceState::Online));
+        assert_eq!(
+            (change.device.as_str(), change.to),
+            ("a", DeviceState::Online)
+        );
         let (added, removed) = r.apply(vec![decl("a"), decl("c")]);
-        assert_eq!((added, removed), (vec!["c".to_owned()], vec!["b".to_owned()]));
+        assert_eq!(
+            (added, removed),
+            (vec!["c".to_owned()], vec!["b".to_owned()])
+        );
         assert_eq!(r.state("a"), Some(DeviceState::Online));
         assert_eq!(r.state("c"), Some(DeviceState::Unknown));
         assert_eq!(r.state("b"), None);
@@ -334,10 +380,16 @@ mod tests {
         );
         let waiter = {
             let r = r.clone();
-            tokio::spawn(async move { r.wait_until_allowed("a", NonClinicalWork::LogShipping).await })
+            tokio::spawn(async move {
+                r.wait_until_allowed("a", NonClinicalWork::LogShipping)
+                    .await
+            })
         };
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!waiter.is_finished(), "log shipping must wait for the procedure");
+        assert!(
+            !waiter.is_finished(),
+            "log shipping must wait for the procedure"
+        );
         r.data_seen("a");
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!waiter.is_finished(), "traffic does not end a procedure");

@@ -80,7 +80,11 @@ mod tests {
 
     #[test]
     fn patches_wait_for_a_reachable_idle_device_but_logs_do_not() {
-        for state in [DeviceState::Updating, DeviceState::Offline, DeviceState::Unknown] {
+        for state in [
+            DeviceState::Updating,
+            DeviceState::Offline,
+            DeviceState::Unknown,
+        ] {
             assert_eq!(
                 decide(state, NonClinicalWork::PatchOffer),
                 Decision::Defer(state)

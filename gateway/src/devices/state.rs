@@ -149,7 +149,10 @@ mod tests {
     fn first_traffic_brings_a_device_online_once() {
         let mut m = DeviceStateMachine::new(0);
         let t = m.data_seen(10).expect("transition");
-        assert_eq!((t.from, t.to, t.at_ms), (DeviceState::Unknown, DeviceState::Online, 10));
+        assert_eq!(
+            (t.from, t.to, t.at_ms),
+            (DeviceState::Unknown, DeviceState::Online, 10)
+        );
         assert_eq!(m.data_seen(20), None);
         assert_eq!(m.last_data_ms(), Some(20));
         assert_eq!(m.since_ms(), 10);
@@ -176,11 +179,18 @@ mod tests {
         m.data_seen(1);
         let t = m.apply(&reported(DeviceState::InProcedure), 2).expect("t");
         assert_eq!(t.to, DeviceState::InProcedure);
-        assert_eq!(m.data_seen(3), None, "observations keep flowing in procedure");
+        assert_eq!(
+            m.data_seen(3),
+            None,
+            "observations keep flowing in procedure"
+        );
         assert_eq!(m.state(), DeviceState::InProcedure);
         assert_eq!(m.apply(&reported(DeviceState::InProcedure), 4), None);
         let t = m.apply(&reported(DeviceState::Online), 5).expect("t");
-        assert_eq!((t.from, t.to), (DeviceState::InProcedure, DeviceState::Online));
+        assert_eq!(
+            (t.from, t.to),
+            (DeviceState::InProcedure, DeviceState::Online)
+        );
     }
 
     #[test]
@@ -204,7 +214,10 @@ mod tests {
                 2,
             )
             .expect("t");
-        assert_eq!((t.from, t.to), (DeviceState::InProcedure, DeviceState::Offline));
+        assert_eq!(
+            (t.from, t.to),
+            (DeviceState::InProcedure, DeviceState::Offline)
+        );
         assert_eq!(m.data_seen(3).map(|t| t.to), Some(DeviceState::Online));
     }
 }

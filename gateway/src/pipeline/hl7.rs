@@ -1,9 +1,11 @@
 //! HL7 ingest: PHI rules, then a durable spool append, then (in the listener) the ACK.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use wardgate_device_adapters::hl7::{Hl7Sink, PcdMessage, Refusal};
 
+use crate::devices::Registry;
 use crate::phi::Hl7Rules;
 use crate::spool::{Spool, SpoolError};
 
@@ -12,18 +14,35 @@ use crate::spool::{Spool, SpoolError};
 pub struct Hl7Ingest {
     rules: Hl7Rules,
     spool: Spool,
+    registry: Option<Arc<Registry>>,
 }
 
 impl Hl7Ingest {
     /// Ingest through `rules` into `spool`.
     #[must_use]
     pub fn new(rules: Hl7Rules, spool: Spool) -> Self {
-        Hl7Ingest { rules, spool }
+        Hl7Ingest {
+            rules,
+            spool,
+            registry: None,
+        }
+    }
+
+    /// Also tell `registry` when a declared device (matched by its MSH-3 application)
+    /// sent data, so its state and "last data seen" follow HL7 traffic.
+    #[must_use]
+    pub fn with_registry(mut self, registry: Arc<Registry>) -> Self {
+        self.registry = Some(registry);
+        self
     }
 }
 
 impl Hl7Sink for Hl7Ingest {
     async fn deliver(&self, message: PcdMessage, peer: SocketAddr) -> Result<(), Refusal> {
+        let declared = match (&self.registry, &message.header().application) {
+            (Some(registry), Some(app)) => registry.hl7_device(app.trim()),
+            _ => None,
+        };
         let record = self.rules.sanitize(message, peer).map_err(|e| {
             tracing::error!(error = %e, "PHI stage failed");
             Refusal::Unavailable {
@@ -31,7 +50,12 @@ impl Hl7Sink for Hl7Ingest {
             }
         })?;
         match self.spool.append(record).await {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                if let (Some(registry), Some(device)) = (&self.registry, declared) {
+                    registry.data_seen(&device);
+                }
+                Ok(())
+            }
             Err(e) => Err(refusal_for(&e)),
         }
     }

@@ -4,5 +4,9 @@
 //! the spool's group commit that holds the record has reached disk; the uplink deletes
 //! a record only after the broker acknowledged the publish that carried it.
 
+pub mod agent;
+pub mod device_plane;
 pub mod hl7;
+pub mod logfile;
+pub mod modbus;
 pub mod spool_source;

@@ -1,0 +1,185 @@
+//! `[[device]]`: the devices the site declares. Every device wardgate polls, follows or
+//! lets speak through the agent API is listed here; HL7 devices may be listed too (to
+//! see their state), but unlisted HL7 senders are still accepted.
+//!
+//! This section may change while the gateway runs: a valid edit is applied without a
+//! restart (devices added, changed, removed); an invalid one is refused and logged, and
+//! the running set stays.
+
+use std::collections::BTreeSet;
+
+use serde::Deserialize;
+use wardgate_device_adapters::logfile::LogFileConfig;
+use wardgate_device_adapters::modbus::ModbusDeviceConfig;
+
+use crate::agent_api::AgentAuth;
+
+use super::ConfigError;
+
+/// Longest device id, in bytes.
+pub const MAX_DEVICE_ID_LEN: usize = 64;
+
+/// One `[[device]]` table.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceConfig {
+    /// The device's id on this site, used in records, topics, the twin and the status
+    /// page: 1–64 characters of `A-Z a-z 0-9 - _ .`, unique. Not a serial number a
+    /// patient could be traced by — a bed or asset label is usual (`icu-4-monitor`).
+    pub id: String,
+    /// What the device is, e.g. `patient-monitor`, `infusion-pump`, `mapping-system`.
+    pub kind: String,
+    /// The group update assignments and settings address. Default: the kind.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// The MSH-3 sending application of the device's HL7 messages, so HL7 traffic counts
+    /// as the device being online. Optional.
+    #[serde(default)]
+    pub hl7_application: Option<String>,
+    /// Poll the device over Modbus TCP (`[device.modbus]`, see the Modbus adapter's
+    /// reference in README.md).
+    #[serde(default)]
+    pub modbus: Option<ModbusDeviceConfig>,
+    /// Follow and ship the device's log files (`[device.logs]`: directory, glob, ...).
+    /// Lines pass the free-text PHI rules before they are stored.
+    #[serde(default)]
+    pub logs: Option<LogFileConfig>,
+    /// The device runs a wardgate agent and authenticates to the agent API
+    /// (`[device.agent]`: `auth = "mtls"` with `identity`, or `auth = "token"` with
+    /// `token_file`). Needs an `[agent_api]` section.
+    #[serde(default)]
+    pub agent: Option<AgentAuth>,
+    /// Settings the device's agent may read through the agent API (`GET /v1/settings`),
+    /// e.g. `{ upload_window = "22:00-06:00" }`. Plain values only; never secrets.
+    #[serde(default)]
+    pub settings: serde_json::Map<String, serde_json::Value>,
+}
+
+impl DeviceConfig {
+    /// The group, defaulting to the kind.
+    #[must_use]
+    pub fn group(&self) -> &str {
+        self.group.as_deref().unwrap_or(&self.kind)
+    }
+
+    /// Names of the adapters serving this device.
+    #[must_use]
+    pub fn adapters(&self) -> Vec<&'static str> {
+        let mut adapters = Vec::new();
+        if self.hl7_application.is_some() {
+            adapters.push("hl7");
+        }
+        if self.modbus.is_some() {
+            adapters.push("modbus");
+        }
+        if self.logs.is_some() {
+            adapters.push("logs");
+        }
+        if self.agent.is_some() {
+            adapters.push("agent");
+        }
+        adapters
+    }
+
+    /// The registry's view of it.
+    #[must_use]
+    pub fn declaration(&self) -> crate::devices::Declaration {
+        crate::devices::Declaration {
+            id: self.id.clone(),
+            kind: self.kind.clone(),
+            group: self.group().to_owned(),
+            adapters: self.adapters(),
+            hl7_application: self.hl7_application.clone(),
+        }
+    }
+}
+
+fn is_token(value: &str, max: usize) -> bool {
+    !value.is_empty()
+        && value.len() <= max
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// Checks the `[[device]]` list: ids, names and each adapter's own rules.
+///
+/// # Errors
+/// The first problem, naming the key as `device[<index>].<key>`.
+pub fn validate(devices: &[DeviceConfig], file: &std::path::Path) -> Result<(), ConfigError> {
+    let mut ids = BTreeSet::new();
+    let mut applications = BTreeSet::new();
+    for (i, device) in devices.iter().enumerate() {
+        let key = |k: &str| format!("device[{i}].{k}");
+        let err = |k: &str, reason: String| Err(ConfigError::new(file, key(k), reason));
+        if !is_token(&device.id, MAX_DEVICE_ID_LEN) {
+            return err(
+                "id",
+                format!(
+                    "{:?}: must be 1–{MAX_DEVICE_ID_LEN} characters of A-Z a-z 0-9 - _ .",
+                    device.id
+                ),
+            );
+        }
+        if !ids.insert(device.id.as_str()) {
+            return err("id", format!("{:?} is declared twice", device.id));
+        }
+        if !is_token(&device.kind, 64) {
+            return err(
+                "kind",
+                "must be 1–64 characters of A-Z a-z 0-9 - _ .".into(),
+            );
+        }
+        if let Some(group) = &device.group {
+            if !is_token(group, 64) {
+                return err(
+                    "group",
+                    "must be 1–64 characters of A-Z a-z 0-9 - _ .".into(),
+                );
+            }
+        }
+        if let Some(app) = &device.hl7_application {
+            if app.is_empty() || app.len() > 64 || app.chars().any(|c| c.is_control()) {
+                return err(
+                    "hl7_application",
+                    "must be 1–64 printable characters".into(),
+                );
+            }
+            if !applications.insert(app.as_str()) {
+                return err(
+                    "hl7_application",
+                    format!("{app:?} is already another device's application"),
+                );
+            }
+        }
+        if let Some(modbus) = &device.modbus {
+            if let Err(reason) = modbus.validate() {
+                return Err(adapter_error(file, &key("modbus"), &reason));
+            }
+        }
+        if let Some(logs) = &device.logs {
+            if let Err(reason) = logs.validate() {
+                return Err(adapter_error(file, &key("logs"), &reason));
+            }
+        }
+        for (name, value) in &device.settings {
+            if value.is_object() || value.is_array() {
+                return err(
+                    &format!("settings.{name}"),
+                    "must be a string, number or boolean".into(),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An adapter's reason `"<sub.key>: <why>"` becomes key `<prefix>.<sub.key>`, reason `<why>`.
+pub(super) fn adapter_error(file: &std::path::Path, prefix: &str, reason: &str) -> ConfigError {
+    match reason.split_once(": ") {
+        Some((sub, why)) if !sub.is_empty() && !sub.contains(' ') => {
+            ConfigError::new(file, format!("{prefix}.{sub}"), why.to_owned())
+        }
+        _ => ConfigError::new(file, prefix.to_owned(), reason.to_owned()),
+    }
+}
