@@ -323,7 +323,11 @@ fn a_stuck_spool_writer_starves_the_watchdog_and_recovery_resumes_it() {
     assert!(ready, "no READY=1: {seen:?}\n{}", log_text());
 
     let healthy = count(&collect(&notify, Duration::from_secs(2)), "WATCHDOG=1");
-    assert!(healthy >= 2, "{healthy} pings in 2 s while healthy\n{}", log_text());
+    assert!(
+        healthy >= 2,
+        "{healthy} pings in 2 s while healthy\n{}",
+        log_text()
+    );
 
     std::fs::write(&trigger, b"").unwrap();
     // A probe already past the writer may still ping once; after that, silence — for
