@@ -13,10 +13,12 @@
 //! helper is dropped; servers bind to 127.0.0.1 only; a missing external tool is an error
 //! with installation instructions, never a silent skip.
 
+pub mod agent_client;
 pub mod certs;
 pub mod fixtures;
 pub mod gateway;
 pub mod mllp_client;
+pub mod modbus_server;
 pub mod mosquitto;
 pub mod scenario;
 pub mod subscriber;

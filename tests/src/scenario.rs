@@ -79,11 +79,13 @@ impl Scenario {
 }
 
 /// Every record in `messages`, decoded; panics (failing the test) on a payload that is
-/// not a valid `UplinkBatch`, since the cloud could not read it either.
+/// not a valid `UplinkBatch`, since the cloud could not read it either. Messages on the
+/// twin's topics (`wardgate/<id>/twin/...`) are not records and are skipped.
 #[must_use]
 pub fn records(messages: &[Received]) -> Vec<UplinkRecord> {
     messages
         .iter()
+        .filter(|m| !is_twin_topic(&m.topic))
         .flat_map(|m| {
             let batch: UplinkBatch = serde_json::from_slice(&m.payload)
                 .unwrap_or_else(|e| panic!("payload on {} is not an UplinkBatch: {e}", m.topic));
@@ -91,6 +93,22 @@ pub fn records(messages: &[Received]) -> Vec<UplinkRecord> {
             assert_eq!(batch.gateway, GATEWAY_ID);
             batch.records
         })
+        .collect()
+}
+
+/// Whether `topic` is one of the generic profile's twin topics.
+#[must_use]
+pub fn is_twin_topic(topic: &str) -> bool {
+    topic.starts_with("wardgate/") && topic.contains("/twin/")
+}
+
+/// The twin documents the gateway reported (generic profile), oldest first.
+#[must_use]
+pub fn twin_reports(messages: &[Received]) -> Vec<serde_json::Value> {
+    messages
+        .iter()
+        .filter(|m| m.topic.ends_with("/twin/reported"))
+        .filter_map(|m| serde_json::from_slice(&m.payload).ok())
         .collect()
 }
 

@@ -7,6 +7,7 @@ mod bad_input;
 mod cli;
 mod corrupt_spool;
 mod crash;
+mod device_plane;
 mod outage;
 mod phi;
 mod status;
