@@ -7,6 +7,7 @@
 //! rule in this module.
 
 pub mod device;
+pub mod dicom;
 pub mod freetext;
 pub mod hl7;
 pub mod pseudonym;
