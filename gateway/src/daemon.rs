@@ -36,10 +36,8 @@ use crate::devices::{unix_ms, Registry};
 use crate::phi::freetext::{FreeTextRules, NameTokens};
 use crate::phi::{Hl7Rules, PseudonymKey, Sanitized};
 use crate::pipeline::agent::AgentIngest;
-use crate::pipeline::device_plane::DevicePlane;
+use crate::pipeline::device_plane::{DevicePlane, Sinks};
 use crate::pipeline::hl7::Hl7Ingest;
-use crate::pipeline::logfile::LogIngest;
-use crate::pipeline::modbus::ModbusIngest;
 use crate::spool::{Spool, SpoolConfig, SpoolStats};
 use crate::twin::{DeviceCapabilities, TwinChannels, TwinOptions};
 use crate::uplink::mqtt;
@@ -180,7 +178,10 @@ impl Gateway {
 
         // Patient names seen in HL7, as keyed hashes, so log lines can be scrubbed of
         // them; kept across restarts in the spool's meta table.
-        let name_tokens = Arc::new(NameTokens::new(&key, config.phi.name_tokens));
+        let name_tokens = Arc::new(NameTokens::new(
+            &key,
+            config.phi.free_text.name_token_capacity,
+        ));
         match spool.get_meta(NAME_TOKENS_KEY).await {
             Ok(Some(bytes)) => {
                 if let Err(e) = name_tokens.import(&bytes) {
@@ -288,19 +289,21 @@ impl Gateway {
         // the cloud's allow-listed settings.
         let (configs, configs_rx) = mpsc::channel(4);
         let plane_task = {
-            let plane = DevicePlane::new(
-                registry.clone(),
-                Arc::new(ModbusIngest::new(
+            let sinks = Sinks {
+                #[cfg(feature = "modbus")]
+                modbus: Arc::new(crate::pipeline::modbus::ModbusIngest::new(
                     spool.clone(),
                     registry.clone(),
                     alerts.clone(),
                 )),
-                Arc::new(LogIngest::new(
+                #[cfg(feature = "logfile")]
+                logs: Arc::new(crate::pipeline::logfile::LogIngest::new(
                     spool.clone(),
                     registry.clone(),
                     free_text.clone(),
                 )),
-            );
+            };
+            let plane = DevicePlane::new(registry.clone(), sinks);
             let overrides = plane::load_overrides(&spool).await;
             let control = plane::PlaneLoop {
                 plane,

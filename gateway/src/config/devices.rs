@@ -9,8 +9,28 @@
 use std::collections::BTreeSet;
 
 use serde::Deserialize;
-use wardgate_device_adapters::logfile::LogFileConfig;
-use wardgate_device_adapters::modbus::ModbusDeviceConfig;
+#[cfg(feature = "logfile")]
+pub use wardgate_device_adapters::logfile::LogFileConfig;
+#[cfg(feature = "modbus")]
+pub use wardgate_device_adapters::modbus::ModbusDeviceConfig;
+
+impl<'de> Deserialize<'de> for NotInThisBuildValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        serde::de::IgnoredAny::deserialize(d).map(|_| NotInThisBuildValue)
+    }
+}
+
+/// Stands in for an adapter's settings in a build without that adapter: any value
+/// parses, and validation refuses it naming the missing cargo feature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct NotInThisBuildValue;
+
+/// `[device.modbus]` in this build.
+#[cfg(not(feature = "modbus"))]
+pub type ModbusDeviceConfig = NotInThisBuildValue;
+/// `[device.logs]` in this build.
+#[cfg(not(feature = "logfile"))]
+pub type LogFileConfig = NotInThisBuildValue;
 
 use crate::agent_api::AgentAuth;
 
@@ -152,15 +172,31 @@ pub fn validate(devices: &[DeviceConfig], file: &std::path::Path) -> Result<(), 
                 );
             }
         }
+        #[cfg(feature = "modbus")]
         if let Some(modbus) = &device.modbus {
             if let Err(reason) = modbus.validate() {
                 return Err(adapter_error(file, &key("modbus"), &reason));
             }
         }
+        #[cfg(not(feature = "modbus"))]
+        if device.modbus.is_some() {
+            return err(
+                "modbus",
+                "this build has no Modbus adapter (cargo feature `modbus`)".into(),
+            );
+        }
+        #[cfg(feature = "logfile")]
         if let Some(logs) = &device.logs {
             if let Err(reason) = logs.validate() {
                 return Err(adapter_error(file, &key("logs"), &reason));
             }
+        }
+        #[cfg(not(feature = "logfile"))]
+        if device.logs.is_some() {
+            return err(
+                "logs",
+                "this build has no log-file adapter (cargo feature `logfile`)".into(),
+            );
         }
         for (name, value) in &device.settings {
             if value.is_object() || value.is_array() {

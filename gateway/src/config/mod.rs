@@ -270,10 +270,6 @@ pub struct PhiSection {
     /// `phi/freetext.rs` for each pattern. Default: every rule on.
     #[serde(default)]
     pub free_text: crate::phi::freetext::FreeTextConfig,
-    /// Most patient name tokens remembered (as keyed hashes, never plaintext) to redact
-    /// names from log lines. Default 100000 (about 2 MB).
-    #[serde(default = "defaults::name_tokens")]
-    pub name_tokens: usize,
 }
 
 impl Default for PhiSection {
@@ -281,7 +277,6 @@ impl Default for PhiSection {
         PhiSection {
             free_text_allowed_codes: defaults::free_text_allowed_codes(),
             free_text: crate::phi::freetext::FreeTextConfig::default(),
-            name_tokens: defaults::name_tokens(),
         }
     }
 }
@@ -315,9 +310,6 @@ impl Default for SpoolSection {
 
 mod defaults {
     use super::AckModeSetting;
-    pub const fn name_tokens() -> usize {
-        100_000
-    }
     pub const fn inflight_window() -> u16 {
         64
     }
@@ -670,12 +662,6 @@ impl Config {
         if let Err(reason) = self.phi.free_text.validate() {
             return Err(devices::adapter_error(file, "phi.free_text", &reason));
         }
-        if !(1..=10_000_000).contains(&self.phi.name_tokens) {
-            return err(
-                "phi.name_tokens",
-                format!("must be 1–10000000, is {}", self.phi.name_tokens),
-            );
-        }
         if let Some(status) = &self.status {
             status.validate().map_err(|e| match e {
                 crate::status::StatusError::Config { key, reason } => {
@@ -926,13 +912,55 @@ listen = "127.0.0.1:2575"
         let dir = tempfile::tempdir().unwrap();
         // The example points at /etc/wardgate/*.pem; parse it with those files present here.
         let text = text.replace("/etc/wardgate/", &format!("{}/", dir.path().display()));
-        for f in ["ca.pem", "gateway.pem", "gateway.key"] {
+        for f in ["ca.pem", "gateway.pem", "gateway.key", "status.token"] {
             std::fs::write(dir.path().join(f), "x").unwrap();
         }
         // The key comes in as a systemd credential, as the shipped unit passes it.
         let c = Config::parse_with_credentials(&text, &example, Some(dir.path())).unwrap();
         assert_eq!(c.cloud.profile, Profile::Generic);
         assert_eq!(c.cloud.key_file, dir.path().join("gateway.key"));
+    }
+
+    /// Every commented-out setting of the example, switched on, still parses: the
+    /// documentation of optional sections (devices, agent API, free text) is valid config.
+    #[test]
+    fn shipped_example_with_every_option_switched_on_parses() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/wardgate.toml");
+        let text = std::fs::read_to_string(&example).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let text = text.replace("/etc/wardgate/", &format!("{}/", dir.path().display()));
+        let mut switched_on = String::new();
+        for line in text.lines() {
+            let setting = line.strip_prefix("# ").filter(|rest| {
+                let key = rest.split(" =").next().unwrap_or("");
+                rest.starts_with('[')
+                    || (rest.contains(" = ")
+                        && !key.is_empty()
+                        && key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                        && key != "free_text_allowed_codes")
+            });
+            switched_on.push_str(setting.unwrap_or(line));
+            switched_on.push('\n');
+        }
+        for f in [
+            "ca.pem",
+            "gateway.pem",
+            "gateway.key",
+            "status.token",
+            "status.pem",
+            "status.key",
+            "agent-api.pem",
+            "agent-api.key",
+            "device-ca.pem",
+            "cathlab-1-carto.token",
+        ] {
+            std::fs::write(dir.path().join(f), "x").unwrap();
+        }
+        let c = Config::parse_with_credentials(&switched_on, &example, Some(dir.path()))
+            .unwrap_or_else(|e| panic!("{e}\n{switched_on}"));
+        assert_eq!(c.devices.len(), 2);
+        assert!(c.devices[0].modbus.is_some() && c.devices[1].logs.is_some());
+        assert!(c.agent_api.is_some() && c.status.is_some());
     }
 
     #[test]

@@ -91,10 +91,13 @@ fn report(
             .map(|view| {
                 let config = devices.iter().find(|d| d.id == view.id);
                 let o = overrides.get(&view.id);
+                #[cfg(feature = "modbus")]
                 let poll = config.and_then(|c| c.modbus.as_ref()).map(|m| {
                     o.and_then(|o| o.poll_interval_ms)
                         .unwrap_or(m.poll_interval_ms)
                 });
+                #[cfg(not(feature = "modbus"))]
+                let poll = None;
                 let logs = config
                     .and_then(|c| c.logs.as_ref())
                     .map(|_| o.and_then(|o| o.log_shipping).unwrap_or(true));

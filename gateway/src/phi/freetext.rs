@@ -78,6 +78,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use serde::{Deserialize, Serialize};
 use siphasher::sip::SipHasher13;
+#[cfg(feature = "logfile")]
 use wardgate_device_adapters::logfile::{Checkpoint, LogChunk};
 use wardgate_proto::{DeviceIdentity, LogBatch, RecordBody};
 
@@ -621,6 +622,7 @@ impl FreeTextRules {
     ///
     /// # Errors
     /// [`PhiError::Encode`] if the record or checkpoint cannot be serialized.
+    #[cfg(feature = "logfile")]
     pub fn sanitize_chunk(
         &self,
         device: &DeviceIdentity,
@@ -643,6 +645,7 @@ impl FreeTextRules {
         })
     }
 
+    #[cfg(feature = "logfile")]
     fn scrub_checkpoint(&self, mut checkpoint: Checkpoint) -> Checkpoint {
         let guard = self.names_guard();
         let names = live_set(guard.as_deref());

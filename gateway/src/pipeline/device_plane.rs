@@ -12,16 +12,27 @@
 //! - The registry is updated before tasks start, so a new task's first event finds its
 //!   device declared.
 
+// A build without the Modbus and log-file adapters has no device tasks at all: the task
+// machinery below is then compiled but never reached.
+#![cfg_attr(
+    not(any(feature = "modbus", feature = "logfile")),
+    allow(dead_code, unused_variables, unused_mut, unreachable_code)
+)]
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+#[cfg(feature = "logfile")]
 use wardgate_device_adapters::logfile::{self, LogFileConfig};
+#[cfg(feature = "modbus")]
 use wardgate_device_adapters::modbus::{self, ModbusDeviceConfig};
 
+#[cfg(feature = "logfile")]
 use super::logfile::LogIngest;
+#[cfg(feature = "modbus")]
 use super::modbus::ModbusIngest;
 use crate::config::DeviceConfig;
 use crate::devices::Registry;
@@ -45,14 +56,18 @@ pub type Overrides = BTreeMap<String, DeviceOverrides>;
 
 #[derive(Debug, Clone, PartialEq)]
 enum TaskConfig {
+    #[cfg(feature = "modbus")]
     Modbus(ModbusDeviceConfig),
+    #[cfg(feature = "logfile")]
     Logs(LogFileConfig),
 }
 
 impl TaskConfig {
     const fn adapter(&self) -> &'static str {
-        match self {
+        match *self {
+            #[cfg(feature = "modbus")]
             TaskConfig::Modbus(_) => "modbus",
+            #[cfg(feature = "logfile")]
             TaskConfig::Logs(_) => "logs",
         }
     }
@@ -72,6 +87,7 @@ fn effective(
     let mut tasks = HashMap::new();
     for device in devices {
         let o = overrides.get(&device.id);
+        #[cfg(feature = "modbus")]
         if let Some(modbus) = &device.modbus {
             let mut modbus = modbus.clone();
             if let Some(ms) = o.and_then(|o| o.poll_interval_ms) {
@@ -80,6 +96,7 @@ fn effective(
             let task = TaskConfig::Modbus(modbus);
             tasks.insert((device.id.clone(), task.adapter()), task);
         }
+        #[cfg(feature = "logfile")]
         if let Some(logs) = &device.logs {
             if o.and_then(|o| o.log_shipping) != Some(false) {
                 let task = TaskConfig::Logs(logs.clone());
@@ -109,9 +126,19 @@ impl DevicePlane {
 /// Runs the device plane's tasks.
 pub struct DevicePlane {
     registry: Arc<Registry>,
-    modbus: Arc<ModbusIngest>,
-    logs: Arc<LogIngest>,
+    sinks: Sinks,
     running: HashMap<(String, &'static str), Running>,
+}
+
+/// Where the device tasks deliver, one sink per adapter in this build.
+#[derive(Debug, Clone)]
+pub struct Sinks {
+    /// Modbus readings and link events.
+    #[cfg(feature = "modbus")]
+    pub modbus: Arc<ModbusIngest>,
+    /// Log chunks.
+    #[cfg(feature = "logfile")]
+    pub logs: Arc<LogIngest>,
 }
 
 impl std::fmt::Debug for DevicePlane {
@@ -125,11 +152,10 @@ impl std::fmt::Debug for DevicePlane {
 impl DevicePlane {
     /// A plane with no tasks yet.
     #[must_use]
-    pub fn new(registry: Arc<Registry>, modbus: Arc<ModbusIngest>, logs: Arc<LogIngest>) -> Self {
+    pub fn new(registry: Arc<Registry>, sinks: Sinks) -> Self {
         DevicePlane {
             registry,
-            modbus,
-            logs,
+            sinks,
             running: HashMap::new(),
         }
     }
@@ -168,10 +194,10 @@ impl DevicePlane {
     fn start(&self, device_id: &str, config: TaskConfig) -> Running {
         let (stop, stopped) = watch::channel(false);
         let device_id = device_id.to_owned();
-        let task = match &config {
+        let task = match config.clone() {
+            #[cfg(feature = "modbus")]
             TaskConfig::Modbus(modbus_config) => {
-                let sink = self.modbus.clone();
-                let modbus_config = modbus_config.clone();
+                let sink = self.sinks.modbus.clone();
                 tokio::spawn(async move {
                     let id = device_id.clone();
                     if let Err(e) =
@@ -183,9 +209,9 @@ impl DevicePlane {
                     }
                 })
             }
+            #[cfg(feature = "logfile")]
             TaskConfig::Logs(log_config) => {
-                let sink = self.logs.clone();
-                let log_config = log_config.clone();
+                let sink = self.sinks.logs.clone();
                 tokio::spawn(async move {
                     let id = device_id.clone();
                     if let Err(e) = logfile::follow(device_id, log_config, sink, stopped).await {

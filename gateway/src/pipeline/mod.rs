@@ -7,6 +7,8 @@
 pub mod agent;
 pub mod device_plane;
 pub mod hl7;
+#[cfg(feature = "logfile")]
 pub mod logfile;
+#[cfg(feature = "modbus")]
 pub mod modbus;
 pub mod spool_source;
