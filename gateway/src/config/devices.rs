@@ -69,6 +69,11 @@ pub struct DeviceConfig {
     /// `token_file`). Needs an `[agent_api]` section.
     #[serde(default)]
     pub agent: Option<AgentAuth>,
+    /// For a device that is not polled (HL7, agent, logs only): seconds without any data
+    /// after which it counts as `offline` (one state record). `0` never. Default 300.
+    /// Ignored for Modbus devices, whose polls say whether they are reachable.
+    #[serde(default = "default_offline_after_secs")]
+    pub offline_after_secs: u64,
     /// Settings the device's agent may read through the agent API (`GET /v1/settings`),
     /// e.g. `{ upload_window = "22:00-06:00" }`. Plain values only; never secrets.
     #[serde(default)]
@@ -110,8 +115,14 @@ impl DeviceConfig {
             group: self.group().to_owned(),
             adapters: self.adapters(),
             hl7_application: self.hl7_application.clone(),
+            offline_after: (self.modbus.is_none() && self.offline_after_secs > 0)
+                .then(|| std::time::Duration::from_secs(self.offline_after_secs)),
         }
     }
+}
+
+const fn default_offline_after_secs() -> u64 {
+    300
 }
 
 fn is_token(value: &str, max: usize) -> bool {

@@ -178,7 +178,7 @@ impl PlaneLoop {
                     }
                     self.plane.apply(&devices, &overrides).await;
                 }
-                _ = tick.tick() => {}
+                _ = tick.tick() => self.registry.sweep_silent(),
             }
             let _ = self.reports.send(Some(report(
                 &self.registry,

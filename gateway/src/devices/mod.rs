@@ -56,6 +56,9 @@ pub struct Declaration {
     pub adapters: Vec<&'static str>,
     /// The MSH-3 sending application its HL7 messages carry, if it speaks HL7.
     pub hl7_application: Option<String>,
+    /// For a device nobody polls (HL7, agent, logs): silence after which it counts as
+    /// offline. `None`: never (a polled device's adapter reports reachability itself).
+    pub offline_after: Option<std::time::Duration>,
 }
 
 /// One device as the status page and the twin show it.
@@ -300,6 +303,36 @@ impl Registry {
             .collect()
     }
 
+    /// Marks offline every `online` device whose silence exceeded its `offline_after` (see
+    /// [`Declaration::offline_after`]), once per silence. Called periodically. A device
+    /// `in-procedure` or `updating` keeps its state however quiet it is.
+    pub fn sweep_silent(&self) {
+        let now = (self.clock)();
+        let silent: Vec<(String, std::time::Duration)> = self
+            .lock()
+            .by_id
+            .values()
+            .filter_map(|e| {
+                let after = e.declaration.offline_after?;
+                let last = e.machine.last_data_ms().unwrap_or(e.machine.since_ms());
+                let after_ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
+                // Only `online` decays: silence does not end a procedure or an update
+                // (a long ablation may post nothing for an hour), and patient-first must
+                // not be released by a quiet agent.
+                (e.machine.state() == DeviceState::Online && now.saturating_sub(last) > after_ms)
+                    .then(|| (e.declaration.id.clone(), after))
+            })
+            .collect();
+        for (id, after) in silent {
+            self.evidence(
+                &id,
+                &Evidence::Unreachable {
+                    reason: format!("nothing heard for {} s", after.as_secs()),
+                },
+            );
+        }
+    }
+
     /// Transitions dropped because the queue to the spool was full.
     #[must_use]
     pub fn dropped_transitions(&self) -> u64 {
@@ -320,6 +353,7 @@ mod tests {
             group: "ep-lab".into(),
             adapters: vec!["agent", "logs"],
             hl7_application: Some(format!("APP_{id}")),
+            offline_after: Some(Duration::from_secs(60)),
         }
     }
 
@@ -364,6 +398,48 @@ mod tests {
         assert_eq!(
             r.decide("ghost", NonClinicalWork::LogShipping),
             Decision::Proceed
+        );
+    }
+
+    #[test]
+    fn a_silent_device_goes_offline_once_and_back_online_when_heard() {
+        let (r, mut rx, now) = registry();
+        r.apply(vec![decl("a")]);
+        r.sweep_silent();
+        assert_eq!(
+            r.state("a"),
+            Some(DeviceState::Unknown),
+            "never heard: stays unknown"
+        );
+        r.data_seen("a");
+        assert_eq!(rx.try_recv().unwrap().to, DeviceState::Online);
+        now.fetch_add(59_000, Ordering::SeqCst);
+        r.sweep_silent();
+        assert_eq!(r.state("a"), Some(DeviceState::Online));
+        now.fetch_add(2_000, Ordering::SeqCst);
+        r.sweep_silent();
+        r.sweep_silent();
+        let change = rx.try_recv().unwrap();
+        assert_eq!(
+            (change.to, change.reason.as_str()),
+            (DeviceState::Offline, "nothing heard for 60 s")
+        );
+        assert!(rx.try_recv().is_err(), "one transition per silence");
+        r.data_seen("a");
+        assert_eq!(rx.try_recv().unwrap().to, DeviceState::Online);
+        r.evidence(
+            "a",
+            &Evidence::Reported {
+                state: DeviceState::InProcedure,
+                reason: None,
+            },
+        );
+        now.fetch_add(3_600_000, Ordering::SeqCst);
+        r.sweep_silent();
+        assert_eq!(
+            r.state("a"),
+            Some(DeviceState::InProcedure),
+            "a quiet procedure is still a procedure"
         );
     }
 
