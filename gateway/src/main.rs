@@ -64,6 +64,9 @@ enum Command {
         /// How many simulated monitors.
         #[arg(long, default_value_t = wardgate::demo::DEFAULT_MONITORS)]
         monitors: usize,
+        /// Leave out the simulated Modbus chiller and mapping-system log.
+        #[arg(long)]
+        no_devices: bool,
     },
 }
 
@@ -142,12 +145,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
-        Command::Demo { duration, monitors } => {
+        Command::Demo {
+            duration,
+            monitors,
+            no_devices,
+        } => {
             // The demo creates a fresh pseudonym key every run; its "back it up" warning is noise here.
             init_logging("warn,wardgate::daemon=error");
             let options = wardgate::demo::DemoOptions {
                 duration: (duration > 0).then(|| Duration::from_secs(duration)),
                 monitors,
+                devices: !no_devices,
                 ..wardgate::demo::DemoOptions::default()
             };
             let summary = runtime()?

@@ -76,6 +76,8 @@ impl AlarmPhase {
 /// shows only the control id and kind.
 #[derive(Clone)]
 pub struct OutgoingMessage {
+    /// Index of the monitor that sends it.
+    pub monitor: usize,
     /// MSH-10.
     pub control_id: String,
     /// PCD-01 or PCD-04.
@@ -87,6 +89,7 @@ pub struct OutgoingMessage {
 impl std::fmt::Debug for OutgoingMessage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OutgoingMessage")
+            .field("monitor", &self.monitor)
             .field("control_id", &self.control_id)
             .field("kind", &self.kind)
             .field("hl7", &wardgate_device_adapters::REDACTED)
@@ -419,6 +422,7 @@ impl MonitorSim {
             "35.5-38.0",
         ));
         OutgoingMessage {
+            monitor: self.index,
             control_id,
             kind: MessageKind::Observations,
             hl7: join_segments(&segments),
@@ -507,6 +511,7 @@ impl MonitorSim {
         ));
         segments.push(attribute(6, "68484", "MDC_ATTR_ALARM_PRIORITY", 6, "PM"));
         OutgoingMessage {
+            monitor: self.index,
             control_id,
             kind: MessageKind::Alarm(phase),
             hl7: join_segments(&segments),

@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use super::broker::core::AccessPolicy;
 use super::broker::{self, Broker, BrokerConfig, IngressTap};
 use super::certs::{self, DemoPki};
+use super::devices::DemoDevices;
 use super::leak::{LeakLedger, LeakReport, LeakScanner};
 use super::monitors::{days_since_epoch, run_monitor, MonitorSim};
 use super::tally::{DemoTally, TallySnapshot};
@@ -49,6 +50,9 @@ pub struct DemoOptions {
     pub period: Duration,
     /// Seed of the simulated vital signs; random if `None`.
     pub seed: Option<u64>,
+    /// Also run the simulated non-HL7 devices this build has adapters for: a chiller
+    /// polled over Modbus TCP and a mapping system whose log the gateway follows.
+    pub devices: bool,
 }
 
 impl Default for DemoOptions {
@@ -58,6 +62,7 @@ impl Default for DemoOptions {
             monitors: DEFAULT_MONITORS,
             period: Duration::from_secs(1),
             seed: None,
+            devices: true,
         }
     }
 }
@@ -69,6 +74,8 @@ pub struct DemoSummary {
     pub ran_for: Duration,
     /// Monitors simulated.
     pub monitors: usize,
+    /// Whether simulated non-HL7 devices ran.
+    pub devices: bool,
     /// Message and record counts.
     pub counts: TallySnapshot,
     /// What the leak check scanned and found.
@@ -102,14 +109,16 @@ impl DemoSummary {
         self.leak_report.leaks()
     }
 
-    /// No leak, something acknowledged, every acknowledged message delivered, every
-    /// message answered with AA/CA, and every cloud payload decodable.
+    /// No leak, something acknowledged, every acknowledged message and every device log
+    /// line written delivered, every message answered with AA/CA, and every cloud payload
+    /// decodable.
     #[must_use]
     pub fn passed(&self) -> bool {
         let c = &self.counts;
         self.leaks() == 0
             && c.acked > 0
             && c.undelivered == 0
+            && c.log_lines_undelivered() == 0
             && c.errors == 0
             && c.rejected == 0
             && c.failed == 0
@@ -131,6 +140,9 @@ pub enum DemoError {
         /// The cause.
         source: std::io::Error,
     },
+    /// A simulated device could not start.
+    #[error("simulated device: {0}")]
+    Devices(std::io::Error),
     /// The throwaway PKI could not be created.
     #[error(transparent)]
     Certs(#[from] certs::CertError),
@@ -160,7 +172,9 @@ pub enum DemoError {
 /// A [`DemoError`] if a component cannot start. A run that starts but finds a leak or
 /// loses a message returns `Ok` with [`DemoSummary::passed`] false.
 pub async fn run(options: DemoOptions) -> Result<DemoSummary, DemoError> {
-    let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let terminal = std::io::stdout().is_terminal();
+    let colour = terminal && std::env::var_os("NO_COLOR").is_none();
+    let width = if terminal { terminal_width() } else { None };
     let (interrupted_tx, mut interrupted) = watch::channel(false);
     let listener = tokio::spawn(async move {
         match tokio::signal::ctrl_c().await {
@@ -177,9 +191,35 @@ pub async fn run(options: DemoOptions) -> Result<DemoSummary, DemoError> {
     let interrupt = async move {
         let _ = interrupted.wait_for(|&yes| yes).await;
     };
-    let outcome = run_with_output(options, Box::new(std::io::stdout()), colour, interrupt).await;
+    let console = Console::new(Box::new(std::io::stdout()), colour).with_width(width);
+    let outcome = run_on(options, console, interrupt).await;
     listener.abort();
     outcome
+}
+
+/// Columns of the terminal on stdout: `COLUMNS` if set, else what `stty size` says about
+/// the terminal on stdin, else unknown (lines are then not cut).
+fn terminal_width() -> Option<usize> {
+    let usable = |n: usize| (n >= 40).then_some(n);
+    if let Some(columns) = std::env::var("COLUMNS")
+        .ok()
+        .and_then(|c| c.trim().parse().ok())
+    {
+        return usable(columns);
+    }
+    let output = std::process::Command::new("stty")
+        .arg("size")
+        .stdin(std::process::Stdio::inherit())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    let text = String::from_utf8(output.stdout).ok()?;
+    text.split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+        .and_then(usable)
 }
 
 /// Runs the demo, writing to `out`; `interrupt` completing ends it early (as Ctrl-C).
@@ -190,6 +230,14 @@ pub async fn run_with_output(
     options: DemoOptions,
     out: Box<dyn Write + Send>,
     colour: bool,
+    interrupt: impl Future<Output = ()>,
+) -> Result<DemoSummary, DemoError> {
+    run_on(options, Console::new(out, colour), interrupt).await
+}
+
+async fn run_on(
+    options: DemoOptions,
+    console: Console,
     interrupt: impl Future<Output = ()>,
 ) -> Result<DemoSummary, DemoError> {
     if !(1..=MAX_MONITORS).contains(&options.monitors) {
@@ -209,7 +257,7 @@ pub async fn run_with_output(
             "duration must be positive (None runs until Ctrl-C)".into(),
         ));
     }
-    let console = Arc::new(Console::new(out, colour));
+    let console = Arc::new(console);
     let work = WorkDir::create()?;
     let outcome = run_in(&options, &console, work.path(), interrupt).await;
     if let Err(e) = &outcome {
@@ -235,6 +283,10 @@ async fn run_in(
     let sims: Vec<MonitorSim> = (0..options.monitors)
         .map(|i| MonitorSim::new(i, today, seed))
         .collect();
+    // The mapping system's log names monitor 0's patient, whose identifiers are among
+    // those checked below.
+    #[cfg(feature = "logfile")]
+    let logged_patient = sims[0].patient().clone();
     let ledger = Arc::new(LeakLedger::new(LeakScanner::new(
         sims.iter()
             .flat_map(|s| s.patient().planted_identifiers())
@@ -288,10 +340,20 @@ async fn run_in(
         }
     };
 
+    let devices = match DemoDevices::start(options.devices, work, seed).await {
+        Ok(devices) => devices,
+        Err(e) => {
+            viewer.stop().await;
+            broker.shutdown().await;
+            return Err(e);
+        }
+    };
+
     let data_dir = work.join("data");
-    let gateway = match start_gateway(work, &data_dir, broker.local_addr(), &pki).await {
+    let gateway = match start_gateway(work, &data_dir, broker.local_addr(), &pki, &devices).await {
         Ok(gateway) => gateway,
         Err(e) => {
+            devices.shutdown().await;
             viewer.stop().await;
             broker.shutdown().await;
             return Err(e);
@@ -304,6 +366,7 @@ async fn run_in(
         &broker,
         &gateway,
         &pki,
+        &devices,
         ledger.scanner().identifiers().len(),
     );
 
@@ -323,18 +386,37 @@ async fn run_in(
             stop_rx.clone(),
         ));
     }
+    // Only after monitor 0's first ACK has the HL7 PHI stage learned its patient's names;
+    // a log line naming the patient before that would (rightly) not be redacted.
+    #[cfg(feature = "logfile")]
+    devices.spawn_log_writer(
+        &mut monitor_tasks,
+        &logged_patient,
+        seed,
+        tally.monitor_acked(0),
+        tally.clone(),
+        console.clone(),
+        stop_rx.clone(),
+    );
 
     let started = Instant::now();
     let interrupted = wait_for_end(console, options.duration, &tally, interrupt).await;
     let ran_for = started.elapsed();
 
-    console.line(&console.paint(Style::Bold, "stopping the monitors…"));
+    let stopping = if devices.any() {
+        "stopping the monitors and the simulated devices…"
+    } else {
+        "stopping the monitors…"
+    };
+    console.line(&console.paint(Style::Bold, stopping));
     let _ = stop_tx.send(true);
     while monitor_tasks.join_next().await.is_some() {}
 
     drain(console, &tally).await;
 
     gateway.shutdown().await;
+    let devices_ran = devices.any();
+    devices.shutdown().await;
     viewer.stop().await;
     broker.shutdown().await;
 
@@ -344,6 +426,7 @@ async fn run_in(
     let summary = DemoSummary {
         ran_for,
         monitors: options.monitors,
+        devices: devices_ran,
         counts: tally.snapshot(),
         leak_report: ledger.report(),
         interrupted,
@@ -357,9 +440,10 @@ async fn start_gateway(
     data_dir: &Path,
     broker: SocketAddr,
     pki: &DemoPki,
+    devices: &DemoDevices,
 ) -> Result<Gateway, DemoError> {
     let config_path = work.join("wardgate.toml");
-    let text = gateway_config(data_dir, broker, pki)?;
+    let text = gateway_config(data_dir, broker, pki, devices.config()?)?;
     std::fs::write(&config_path, &text).map_err(|source| DemoError::WorkDir {
         path: config_path.clone(),
         source,
@@ -368,8 +452,14 @@ async fn start_gateway(
     Ok(Gateway::start(config).await?)
 }
 
-/// The gateway's config: only the required keys, everything else at its default.
-fn gateway_config(data_dir: &Path, broker: SocketAddr, pki: &DemoPki) -> Result<String, DemoError> {
+/// The gateway's config: only the required keys, everything else at its default, plus
+/// the `[[device]]` tables of the simulated devices.
+fn gateway_config(
+    data_dir: &Path,
+    broker: SocketAddr,
+    pki: &DemoPki,
+    devices: Vec<toml::Value>,
+) -> Result<String, DemoError> {
     let path = |p: &Path| {
         p.to_str()
             .map(str::to_owned)
@@ -398,6 +488,9 @@ fn gateway_config(data_dir: &Path, broker: SocketAddr, pki: &DemoPki) -> Result<
     root.insert("gateway".into(), gateway.into());
     root.insert("cloud".into(), cloud.into());
     root.insert("hl7".into(), hl7.into());
+    if !devices.is_empty() {
+        root.insert("device".into(), toml::Value::Array(devices));
+    }
     Ok(format!(
         "# Generated by `wardgate demo`; deleted when it ends.\n{root}"
     ))
@@ -434,27 +527,38 @@ fn print_status(console: &Console, tally: &DemoTally) {
     console.line(&console.paint(
         Style::Dim,
         &format!(
-            "{}  — sent {}  acked {}  received by cloud {}  (alarms {})",
+            "{}  — sent {}  acked {}  received by cloud {}  (alarms {}, measurements {}, logs {})",
             console.elapsed(),
             s.sent,
             s.acked,
             s.records,
-            s.alarm_records
+            s.alarm_records,
+            s.measurement_records,
+            s.log_records
         ),
     ));
 }
 
-/// Gives the cloud time to receive every acknowledged record.
+/// Gives the cloud time to receive every acknowledged record and every log line written.
 async fn drain(console: &Console, tally: &DemoTally) {
-    let pending = tally.snapshot().undelivered;
-    if pending == 0 {
+    let pending = |s: TallySnapshot| (s.undelivered, s.log_lines_undelivered());
+    let (records, lines) = pending(tally.snapshot());
+    if (records, lines) == (0, 0) {
         return;
     }
+    let mut waiting = Vec::new();
+    if records > 0 {
+        waiting.push(format!("{records} acknowledged record(s)"));
+    }
+    if lines > 0 {
+        waiting.push(format!("{lines} device log line(s)"));
+    }
     console.line(&format!(
-        "waiting for the cloud to receive the last {pending} acknowledged record(s)…"
+        "waiting for the cloud to receive the last {}…",
+        waiting.join(" and ")
     ));
     let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
-    while tally.snapshot().undelivered > 0 && tokio::time::Instant::now() < deadline {
+    while pending(tally.snapshot()) != (0, 0) && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -465,6 +569,7 @@ fn print_header(
     broker: &Broker,
     gateway: &Gateway,
     pki: &DemoPki,
+    devices: &DemoDevices,
     identifiers: usize,
 ) {
     let bold = |s: &str| console.paint(Style::Bold, s);
@@ -491,9 +596,17 @@ fn print_header(
         "  monitors  {} simulated IHE PCD-01 monitors, one report per {:?} each, {how_long}",
         options.monitors, options.period
     ));
+    for line in devices.describe() {
+        console.line(&line);
+    }
+    let planted_in = if devices.any() {
+        "PID/NTE/NK1/PV1 and the device log"
+    } else {
+        "PID/NTE/NK1/PV1"
+    };
     console.line(&format!(
         "  PHI       {identifiers} synthetic identifiers (names, MRNs, birth dates, addresses, phones, SSNs, notes) \
-         planted in PID/NTE/NK1/PV1; every byte the cloud receives is checked for each of them"
+         planted in {planted_in}; every byte the cloud receives is checked for each of them"
     ));
     console.line("");
     console.line(&console.paint(Style::Bold, "what the cloud receives:"));
@@ -527,6 +640,18 @@ fn print_summary(console: &Console, summary: &DemoSummary) {
         "  cloud received    {} records ({} alarms), {} repeats, {} acknowledged but missing",
         c.records, c.alarm_records, c.duplicates, c.undelivered
     ));
+    if summary.devices {
+        console.line(&format!(
+            "  devices           {} measurement reports, {} state changes; {} log records \
+             ({} of {} lines written, {} missing)",
+            c.measurement_records,
+            c.state_records,
+            c.log_records,
+            c.log_lines_received,
+            c.log_lines_written,
+            c.log_lines_undelivered()
+        ));
+    }
     console.line(&format!(
         "  leak check        {} identifiers × {} packets ({} bytes) at the broker, {} files ({} bytes) in the gateway's data directory",
         r.identifiers, r.packets_scanned, r.bytes_scanned, r.files_scanned, r.file_bytes_scanned
@@ -562,7 +687,7 @@ fn print_summary(console: &Console, summary: &DemoSummary) {
     console.line(&format!("  result            {result}"));
 }
 
-fn make_private_dir(path: &Path) -> Result<(), DemoError> {
+pub(super) fn make_private_dir(path: &Path) -> Result<(), DemoError> {
     std::fs::DirBuilder::new()
         .mode(0o700)
         .create(path)
@@ -623,11 +748,47 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let pki = DemoPki::generate(dir.path(), GATEWAY_ID, VIEWER_CN, SystemTime::now()).unwrap();
         let broker: SocketAddr = "127.0.0.1:18883".parse().unwrap();
-        let text = gateway_config(&dir.path().join("data"), broker, &pki).unwrap();
+        let text = gateway_config(&dir.path().join("data"), broker, &pki, Vec::new()).unwrap();
         let config = Config::parse(&text, &dir.path().join("wardgate.toml")).unwrap();
         assert_eq!(config.gateway.id, GATEWAY_ID);
         assert_eq!(config.cloud.mqtt_url, "mqtts://127.0.0.1:18883");
         assert_eq!(config.hl7.listen.port(), 0);
+        assert!(config.devices.is_empty());
+    }
+
+    /// The simulated devices are declared as a site would declare them, and the gateway
+    /// accepts the declarations (every adapter's own validation included).
+    #[cfg(all(feature = "modbus", feature = "logfile"))]
+    #[tokio::test]
+    async fn generated_device_declarations_are_accepted_by_the_gateway_parser() {
+        use super::super::devices::{CHILLER_ID, MAPPING_SYSTEM_ID};
+        let dir = tempfile::tempdir().unwrap();
+        let pki = DemoPki::generate(dir.path(), GATEWAY_ID, VIEWER_CN, SystemTime::now()).unwrap();
+        let devices = DemoDevices::start(true, dir.path(), 1).await.unwrap();
+        let broker: SocketAddr = "127.0.0.1:18883".parse().unwrap();
+        let text = gateway_config(
+            &dir.path().join("data"),
+            broker,
+            &pki,
+            devices.config().unwrap(),
+        )
+        .unwrap();
+        let config = Config::parse(&text, &dir.path().join("wardgate.toml")).unwrap();
+        let ids: Vec<&str> = config.devices.iter().map(|d| d.id.as_str()).collect();
+        assert_eq!(ids, [CHILLER_ID, MAPPING_SYSTEM_ID]);
+        let chiller = config.devices[0].modbus.as_ref().unwrap();
+        assert_eq!(chiller.poll_interval_ms, 500);
+        assert_eq!(chiller.points.len(), 3);
+        assert_eq!(chiller.points[0].deadband, Some(0.3));
+        assert_eq!(config.devices[0].adapters(), ["modbus"]);
+        let logs = config.devices[1].logs.as_ref().unwrap();
+        assert!(logs.directory.is_dir());
+        assert_eq!(
+            logs.start_at,
+            wardgate_device_adapters::logfile::StartAt::Beginning
+        );
+        assert_eq!(config.devices[1].hl7_application, None);
+        devices.shutdown().await;
     }
 
     #[test]
@@ -687,6 +848,7 @@ mod tests {
             monitors: 2,
             period: Duration::from_millis(500),
             seed: Some(7),
+            devices: true,
         };
         let summary = run_with_output(
             options,
@@ -721,12 +883,45 @@ mod tests {
             output.contains("none of the planted identifiers appeared"),
             "{output}"
         );
-        // The planted identifiers are in what the monitors send, not in what the cloud shows.
+        // The device plane: the chiller is polled and online, the mapping system's log
+        // arrives scrubbed, every line of it, and nothing planted in it leaked (above).
+        #[cfg(feature = "modbus")]
+        {
+            assert!(
+                summary.counts.measurement_records >= 1,
+                "{summary:?}\n{output}"
+            );
+            assert!(
+                output.contains("meas   cathlab-chiller  supply_temperature="),
+                "{output}"
+            );
+            assert!(
+                output.contains("state  cathlab-chiller  unknown → online"),
+                "{output}"
+            );
+        }
+        #[cfg(feature = "logfile")]
+        {
+            let c = &summary.counts;
+            assert!(c.log_records >= 1, "{summary:?}\n{output}");
+            assert!(
+                c.log_lines_written >= 2 && c.log_lines_received == c.log_lines_written,
+                "{summary:?}\n{output}"
+            );
+            assert!(output.contains("log    cathlab-carto"), "{output}");
+            assert!(output.contains("[NAME]"), "{output}");
+        }
+        // The planted identifiers are in what the monitors send (and the device writes),
+        // not in what the cloud shows.
         let patient = SyntheticPatient::new(0, days_since_epoch(SystemTime::now()));
-        assert!(
-            !output.contains(&patient.family) && !output.contains(&patient.mrn),
-            "{output}"
-        );
+        for planted in [
+            &patient.family,
+            &patient.given,
+            &patient.mrn,
+            &patient.email,
+        ] {
+            assert!(!output.contains(planted.as_str()), "{planted}: {output}");
+        }
     }
 
     /// The verdict is not vacuous: an identifier that does reach the broker is found,

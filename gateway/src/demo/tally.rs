@@ -6,10 +6,18 @@
 //!   stage keeps and the monitors make unique per run.
 //! - Records are counted once per record id; repeats (delivery is at least once) are
 //!   counted as duplicates, not as new records.
+//! - Log lines are matched by count: every line the simulated device wrote must arrive
+//!   in exactly one (distinct) log record; the log adapter neither splits nor merges the
+//!   demo's short lines.
+//! - [`DemoTally::monitor_acked`] completes only after the gateway acknowledged a message
+//!   of that monitor, i.e. after the HL7 PHI stage saw (and learned the names of) its
+//!   patient.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
+use std::future::Future;
 use std::sync::{Mutex, PoisonError};
 
+use tokio::sync::watch;
 use wardgate_proto::{RecordBody, RecordId, UplinkRecord};
 
 use super::monitors::{AckCode, MessageKind, OutgoingMessage};
@@ -43,16 +51,37 @@ pub struct TallySnapshot {
     pub alarm_records: u64,
     /// Records received again (same record id).
     pub duplicates: u64,
+    /// ... of which device measurement reports (Modbus).
+    pub measurement_records: u64,
+    /// ... of which device log batches.
+    pub log_records: u64,
+    /// ... of which device state changes.
+    pub state_records: u64,
+    /// Lines the simulated device wrote to its log.
+    pub log_lines_written: u64,
+    /// Lines in the log records the cloud received.
+    pub log_lines_received: u64,
     /// Payloads the viewer could not decode.
     pub undecodable: u64,
     /// Acknowledged messages whose record has not (yet) reached the cloud.
     pub undelivered: u64,
 }
 
+impl TallySnapshot {
+    /// Log lines written that have not (yet) reached the cloud.
+    #[must_use]
+    pub const fn log_lines_undelivered(&self) -> u64 {
+        self.log_lines_written
+            .saturating_sub(self.log_lines_received)
+    }
+}
+
 /// Shared bookkeeping of one demo run.
 #[derive(Default)]
 pub struct DemoTally {
     inner: Mutex<Inner>,
+    /// Indices of the monitors with at least one acknowledged message.
+    monitors_acked: watch::Sender<BTreeSet<usize>>,
 }
 
 impl std::fmt::Debug for DemoTally {
@@ -82,6 +111,24 @@ impl DemoTally {
         let mut inner = self.lock();
         inner.snapshot.acked += 1;
         inner.acked_ids.insert(message.control_id.clone());
+        drop(inner);
+        self.monitors_acked
+            .send_if_modified(|acked| acked.insert(message.monitor));
+    }
+
+    /// Completes once the gateway acknowledged a message of monitor `index` (at once if it
+    /// already has).
+    pub fn monitor_acked(&self, index: usize) -> impl Future<Output = ()> + Send + 'static {
+        let mut acked = self.monitors_acked.subscribe();
+        async move {
+            // The sender lives as long as the tally; if it is gone, so is the demo.
+            let _ = acked.wait_for(|set| set.contains(&index)).await;
+        }
+    }
+
+    /// The simulated device wrote `lines` lines to its log.
+    pub fn log_lines_written(&self, lines: u64) {
+        self.lock().snapshot.log_lines_written += lines;
     }
 
     /// The gateway answered with an error or a rejection.
@@ -113,10 +160,20 @@ impl DemoTally {
                 inner.snapshot.alarm_records += 1;
                 Some(&r.control_id)
             }
-            RecordBody::GatewayAlert(_)
-            | RecordBody::DeviceState(_)
-            | RecordBody::Measurements(_)
-            | RecordBody::LogLines(_) => None,
+            RecordBody::Measurements(_) => {
+                inner.snapshot.measurement_records += 1;
+                None
+            }
+            RecordBody::LogLines(batch) => {
+                inner.snapshot.log_records += 1;
+                inner.snapshot.log_lines_received += batch.lines.len() as u64;
+                None
+            }
+            RecordBody::DeviceState(_) => {
+                inner.snapshot.state_records += 1;
+                None
+            }
+            RecordBody::GatewayAlert(_) => None,
         };
         if let Some(id) = control_id {
             inner.received_ids.insert(id.clone());

@@ -51,6 +51,7 @@ pub enum Style {
 pub struct Console {
     out: Mutex<Box<dyn Write + Send>>,
     colour: bool,
+    width: Option<usize>,
     started: Instant,
 }
 
@@ -69,8 +70,23 @@ impl Console {
         Console {
             out: Mutex::new(out),
             colour,
+            width: None,
             started: Instant::now(),
         }
+    }
+
+    /// Cut long detail lines (device log text) to `width` characters; `None` (the
+    /// default) never cuts.
+    #[must_use]
+    pub fn with_width(mut self, width: Option<usize>) -> Self {
+        self.width = width;
+        self
+    }
+
+    /// The width detail lines are cut to, if any.
+    #[must_use]
+    pub fn width(&self) -> Option<usize> {
+        self.width
     }
 
     /// Writes one line. Output errors (e.g. a closed pipe) are ignored: the demo's
@@ -402,24 +418,103 @@ pub fn render_record(
             change.to.name(),
             change.reason
         ),
-        RecordBody::Measurements(report) => format!(
-            "{}  {}  {}  {verdict}  {latency}",
-            console.paint(Style::Bold, "meas "),
-            console.paint(Style::Cyan, &device_label(&report.device)),
-            report
-                .measurements
-                .iter()
-                .map(|m| format!("{}={}", m.name, m.value))
-                .collect::<Vec<_>>()
-                .join("  ")
-        ),
-        RecordBody::LogLines(batch) => format!(
-            "{}  {}  {} line(s) of {}  {verdict}  {latency}",
-            console.paint(Style::Dim, "log  "),
-            console.paint(Style::Cyan, &device_label(&batch.device)),
-            batch.lines.len(),
-            batch.file
-        ),
+        RecordBody::Measurements(report) => {
+            let heartbeat = if report.heartbeat {
+                format!("  {}", console.paint(Style::Dim, "(heartbeat)"))
+            } else {
+                String::new()
+            };
+            format!(
+                "{}  {}  {}{heartbeat}  {verdict}  {latency}",
+                console.paint(Style::Bold, "meas "),
+                console.paint(Style::Cyan, &device_label(&report.device)),
+                report
+                    .measurements
+                    .iter()
+                    .map(measurement_label)
+                    .collect::<Vec<_>>()
+                    .join("  ")
+            )
+        }
+        RecordBody::LogLines(batch) => {
+            let summary = format!(
+                "{}  {}  {} of {}  {verdict}  {latency}",
+                console.paint(Style::Bold, "log  "),
+                console.paint(Style::Cyan, &device_label(&batch.device)),
+                plural(batch.lines.len(), "line"),
+                batch.file
+            );
+            match telling_line(&batch.lines) {
+                Some(line) => {
+                    let detail = format!("{LOG_DETAIL_INDENT}│ {line}");
+                    let detail = match console.width() {
+                        Some(width) => truncate(&detail, width),
+                        None => detail,
+                    };
+                    format!("{summary}\n{}", console.paint(Style::Dim, &detail))
+                }
+                None => summary,
+            }
+        }
+    }
+}
+
+/// Indent of a log record's text line, so it sits under the device column.
+const LOG_DETAIL_INDENT: &str = "                  ";
+
+/// `1 line`, `3 lines`.
+fn plural(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+/// The line of a log batch most worth showing: the first one in which the PHI rules
+/// replaced something (it shows what the scrubber does), else the first one.
+fn telling_line(lines: &[String]) -> Option<&str> {
+    use crate::phi::freetext::{DATE, EMAIL, IP, MRN, NAME, PHONE, SSN};
+    let markers = [NAME, EMAIL, PHONE, MRN, SSN, DATE, IP];
+    lines
+        .iter()
+        .find(|line| markers.iter().any(|m| line.contains(m)))
+        .or_else(|| lines.first())
+        .map(String::as_str)
+}
+
+/// `text` cut to `width` characters, the last one `…` if anything was cut.
+#[must_use]
+pub fn truncate(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        return text.to_owned();
+    }
+    let mut out: String = text.chars().take(width.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
+/// `supply_temperature=12.4 Cel`.
+fn measurement_label(m: &wardgate_proto::Measurement) -> String {
+    let value = format_value(m.value);
+    match &m.units {
+        Some(units) => format!("{}={value} {units}", m.name),
+        None => format!("{}={value}", m.name),
+    }
+}
+
+/// A reading without binary-fraction noise: `21.400000000000002` → `21.4`, `1.0` → `1`.
+#[must_use]
+pub fn format_value(value: f64) -> String {
+    if !value.is_finite() {
+        return value.to_string();
+    }
+    let fixed = format!("{value:.3}");
+    let trimmed = fixed.trim_end_matches('0').trim_end_matches('.');
+    if trimmed == "-0" {
+        "0".to_owned()
+    } else {
+        trimmed.to_owned()
     }
 }
 
@@ -728,6 +823,87 @@ mod tests {
             alarm_summary(&report),
             "SpO2 low alarm (86 %) · start · active · medium priority"
         );
+    }
+
+    #[test]
+    fn measurement_line_shows_readings_without_float_noise() {
+        let record = UplinkRecord {
+            id: RecordId { spool: 1, seq: 2 },
+            priority: Priority::Observation,
+            accepted_ms: 0,
+            body: RecordBody::Measurements(wardgate_proto::MeasurementReport {
+                device: DeviceIdentity {
+                    id: "cathlab-chiller".into(),
+                    application: None,
+                    eui64: None,
+                },
+                source: "modbus".into(),
+                heartbeat: true,
+                measurements: vec![
+                    wardgate_proto::Measurement {
+                        name: "supply_temperature".into(),
+                        value: 214.0 * 0.1,
+                        units: Some("Cel".into()),
+                        at_ms: 1,
+                    },
+                    wardgate_proto::Measurement {
+                        name: "pump_running".into(),
+                        value: 1.0,
+                        units: None,
+                        at_ms: 1,
+                    },
+                ],
+            }),
+        };
+        let console = Console::new(Box::new(std::io::sink()), false);
+        let line = render_record(&console, &record, 0, 3);
+        assert!(
+            line.starts_with(
+                "meas   cathlab-chiller  supply_temperature=21.4 Cel  pump_running=1  (heartbeat)  ✓ no PHI"
+            ),
+            "{line}"
+        );
+        assert_eq!(format_value(-0.0001), "0");
+        assert_eq!(format_value(-12.25), "-12.25");
+        assert_eq!(format_value(f64::NAN), "NaN");
+    }
+
+    #[test]
+    fn log_line_shows_the_line_the_scrubber_changed_cut_to_the_width() {
+        let record = UplinkRecord {
+            id: RecordId { spool: 1, seq: 3 },
+            priority: Priority::Log,
+            accepted_ms: 0,
+            body: RecordBody::LogLines(wardgate_proto::LogBatch {
+                device: DeviceIdentity {
+                    id: "cathlab-carto".into(),
+                    application: None,
+                    eui64: None,
+                },
+                file: "mapping-system.log".into(),
+                lines: vec![
+                    "2025-06-20 13:23:11.482 INFO  [Mapping]  Point 4 acquired".into(),
+                    "2025-06-20 13:23:11.482 INFO  [Study]    Study opened for patient [NAME], [NAME] (MRN [MRN])".into(),
+                ],
+            }),
+        };
+        let console = Console::new(Box::new(std::io::sink()), false);
+        let text = render_record(&console, &record, 0, 3);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[0].starts_with("log    cathlab-carto  2 lines of mapping-system.log  ✓ no PHI"),
+            "{text}"
+        );
+        assert_eq!(
+            lines[1],
+            format!("{LOG_DETAIL_INDENT}│ 2025-06-20 13:23:11.482 INFO  [Study]    Study opened for patient [NAME], [NAME] (MRN [MRN])")
+        );
+        let narrow = Console::new(Box::new(std::io::sink()), false).with_width(Some(60));
+        let cut = render_record(&narrow, &record, 0, 3);
+        let detail = cut.lines().nth(1).unwrap();
+        assert_eq!(detail.chars().count(), 60, "{detail}");
+        assert!(detail.ends_with('…'), "{detail}");
+        assert_eq!(truncate("short", 60), "short");
     }
 
     #[test]

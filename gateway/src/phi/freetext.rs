@@ -1698,6 +1698,7 @@ mod tests {
         assert_eq!(batch.lines, ["2025-01-01 10:00:00 [NAME] called [PHONE]"]);
     }
 
+    #[cfg(feature = "logfile")]
     #[test]
     fn chunk_becomes_record_and_scrubbed_checkpoint() {
         use wardgate_device_adapters::logfile::{FileCheckpoint, Position};
