@@ -223,9 +223,9 @@ async fn notify_watchdog_stop_and_credentials_under_a_stand_in_service_manager()
     );
 }
 
-#[test]
-fn watchdog_meant_for_another_process_is_not_fed() {
-    // No broker: the uplink retries in the background, which is irrelevant here.
+/// A gateway set up with placeholder credentials and no broker: the uplink retries in
+/// the background, which is irrelevant to what these tests watch.
+fn without_broker(id: &str) -> (tempfile::TempDir, PathBuf, GatewaySetup) {
     let work = tempfile::tempdir().unwrap();
     let creds = work.path().join("credentials");
     std::fs::create_dir(&creds).unwrap();
@@ -234,7 +234,7 @@ fn watchdog_meant_for_another_process_is_not_fed() {
     }
     let setup = GatewaySetup {
         dir: work.path().to_path_buf(),
-        id: "gw-sd".to_owned(),
+        id: id.to_owned(),
         mqtt_url: format!(
             "mqtts://127.0.0.1:{}",
             wardgate_tests::gateway::free_port().unwrap()
@@ -246,6 +246,12 @@ fn watchdog_meant_for_another_process_is_not_fed() {
         hl7_extra: String::new(),
         extra_sections: String::new(),
     };
+    (work, creds, setup)
+}
+
+#[test]
+fn watchdog_meant_for_another_process_is_not_fed() {
+    let (work, creds, setup) = without_broker("gw-sd");
     let notify = NotifySocket::bind(work.path());
     // WATCHDOG_PID names another process (pid 1): the variables were inherited.
     let (mut child, log) = spawn(
@@ -284,26 +290,7 @@ fn collect(notify: &NotifySocket, window: Duration) -> Vec<Vec<String>> {
 
 #[test]
 fn a_stuck_spool_writer_starves_the_watchdog_and_recovery_resumes_it() {
-    let work = tempfile::tempdir().unwrap();
-    let creds = work.path().join("credentials");
-    std::fs::create_dir(&creds).unwrap();
-    for f in ["ca.pem", "gw.pem", "gateway.key"] {
-        std::fs::write(creds.join(f), "x").unwrap();
-    }
-    let setup = GatewaySetup {
-        dir: work.path().to_path_buf(),
-        id: "gw-stuck".to_owned(),
-        mqtt_url: format!(
-            "mqtts://127.0.0.1:{}",
-            wardgate_tests::gateway::free_port().unwrap()
-        ),
-        ca_file: creds.join("ca.pem"),
-        cert_file: creds.join("gw.pem"),
-        key_file: PathBuf::from("credential:gateway.key"),
-        hl7_port: wardgate_tests::gateway::free_port().unwrap(),
-        hl7_extra: String::new(),
-        extra_sections: String::new(),
-    };
+    let (work, creds, setup) = without_broker("gw-stuck");
     let notify = NotifySocket::bind(work.path());
     // The debug build's fault switch (gateway/src/spool/fault.rs): while this file
     // exists, the spool writer hangs before its next request, as on a dead disk.
