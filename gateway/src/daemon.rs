@@ -270,6 +270,7 @@ impl Gateway {
                 ));
                 let shutdown = shutdown_rx.clone();
                 let serving = backend.clone();
+                let handle = runtime.clone();
                 servers.push((
                     "agent API",
                     tokio::spawn(async move {
@@ -280,7 +281,7 @@ impl Gateway {
                         }
                     }),
                 ));
-                Some(backend)
+                Some((backend, handle))
             }
             None => None,
         };

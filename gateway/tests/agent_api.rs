@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsConnector;
 use wardgate::agent_api::{
     serve, AgentApiConfig, AgentApiError, AgentApiRuntime, AgentApiStats, AgentAuth, AgentBackend,
-    AgentDevice, BackendError, RouteMethod, StateReport, ROUTES,
+    AgentDevice, BackendError, ReloadRefused, RouteMethod, StateReport, ROUTES,
 };
 use wardgate_proto::{DeviceState, Measurement};
 use wardgate_tests::certs::{CertFiles, TestPki, Validity};
@@ -134,6 +134,8 @@ struct Server {
     task: JoinHandle<Result<(), AgentApiError>>,
     carto: CertFiles,
     stranger: CertFiles,
+    /// A handle on the served runtime, for reloading its devices.
+    runtime: AgentApiRuntime,
 }
 
 fn config(pki: &TestPki) -> AgentApiConfig {
@@ -196,6 +198,7 @@ async fn start_with(
     let addr = listener.local_addr().unwrap();
     let backend = Arc::new(RecordingBackend::default());
     let (shutdown, shutdown_rx) = watch::channel(false);
+    let handle = runtime.clone();
     let task = tokio::spawn(serve(listener, runtime, Arc::clone(&backend), shutdown_rx));
     Server {
         pki,
@@ -206,6 +209,7 @@ async fn start_with(
         task,
         carto,
         stranger,
+        runtime: handle,
     }
 }
 
@@ -601,6 +605,81 @@ async fn token_device_is_accepted_and_bad_or_missing_tokens_are_401() {
 
     assert_eq!(server.backend.telemetry.lock().unwrap().len(), 1);
     server.stop().await;
+}
+
+async fn identity(client: &mut Client, bearer: &str) -> Answer {
+    client
+        .get("/v1/identity", &[("authorization", bearer)])
+        .await
+}
+
+#[tokio::test]
+async fn reloaded_devices_take_effect_without_a_restart() {
+    let server = start("agent-reload").await;
+    let mut client = server.anonymous().await;
+    let pump_bearer = BEARER.to_owned();
+    assert_eq!(
+        identity(&mut client, &pump_bearer).await.status,
+        StatusCode::OK
+    );
+
+    // A new token device appears, pump-2 is removed.
+    let other = "c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00";
+    let other_file = server
+        .pki
+        .write_file("infuse-3.token", other.as_bytes())
+        .unwrap();
+    let mut next = devices(PathBuf::new());
+    next.truncate(1);
+    next.push(AgentDevice {
+        id: "infuse-3".into(),
+        auth: AgentAuth::Token {
+            token_file: other_file,
+        },
+    });
+    server.runtime.reload_devices(&next).unwrap();
+    let removed = identity(&mut client, &pump_bearer).await;
+    assert_eq!(
+        removed.status,
+        StatusCode::UNAUTHORIZED,
+        "{:?}",
+        removed.body
+    );
+    let added = identity(&mut client, &format!("Bearer {other}")).await;
+    assert_eq!(
+        added.body,
+        json!({"device_id": "infuse-3", "auth": "token"})
+    );
+
+    // A broken list (a missing token file) is refused and the running one stays.
+    let mut broken = next.clone();
+    broken[1].auth = AgentAuth::Token {
+        token_file: PathBuf::from("/nonexistent/token"),
+    };
+    let refused = server.runtime.reload_devices(&broken).unwrap_err();
+    assert!(
+        refused.to_string().contains("/nonexistent/token"),
+        "{refused}"
+    );
+    let still = identity(&mut client, &format!("Bearer {other}")).await;
+    assert_eq!(still.status, StatusCode::OK);
+    server.stop().await;
+
+    // An mTLS-only listener cannot take its first token device without a restart.
+    let mtls_only = start_with("agent-reload-mtls", |_| {}, false).await;
+    let token_file = mtls_only
+        .pki
+        .write_file("pump-2.token", TOKEN.as_bytes())
+        .unwrap();
+    let needs_restart = mtls_only
+        .runtime
+        .reload_devices(&devices(token_file))
+        .unwrap_err();
+    assert!(
+        matches!(needs_restart, ReloadRefused::NeedsRestart(_)),
+        "{needs_restart}"
+    );
+    mtls_only.stop().await;
 }
 
 #[tokio::test]

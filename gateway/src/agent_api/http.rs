@@ -26,7 +26,7 @@ use serde_json::json;
 use tracing::warn;
 
 use super::config::MAX_DEVICE_ID_LEN;
-use super::identity::{AuthMethod, CertificateMatch, DeviceDirectory};
+use super::identity::{AuthMethod, CertificateMatch, DeviceDirectory, DirectoryCell};
 use super::schema::{self, BodyProblem, LogsRequest, StateRequest, TelemetryRequest};
 use super::{AgentBackend, BackendError, Operation, RouteMethod, ROUTES};
 
@@ -40,7 +40,7 @@ pub(crate) struct ConnectionInfo {
 /// Shared by every request.
 pub(crate) struct AppState<B> {
     pub(crate) backend: Arc<B>,
-    pub(crate) directory: Arc<DeviceDirectory>,
+    pub(crate) directory: Arc<DirectoryCell>,
     pub(crate) limiter: DefaultKeyedRateLimiter<Arc<str>>,
     pub(crate) body_timeout: Duration,
     pub(crate) max_body_bytes: usize,
@@ -242,7 +242,7 @@ impl<B: AgentBackend> FromRequestParts<Arc<AppState<B>>> for Caller {
         parts: &mut Parts,
         state: &Arc<AppState<B>>,
     ) -> Result<Self, ApiError> {
-        let caller = authenticate(parts, &state.directory)?;
+        let caller = authenticate(parts, &state.directory.current())?;
         check_rate(state, &caller.device)?;
         Ok(caller)
     }
@@ -258,7 +258,7 @@ impl<B: AgentBackend> FromRequestParts<Arc<AppState<B>>> for DeviceCaller {
         parts: &mut Parts,
         state: &Arc<AppState<B>>,
     ) -> Result<Self, ApiError> {
-        let caller = authenticate(parts, &state.directory)?;
+        let caller = authenticate(parts, &state.directory.current())?;
         let Path(device_id) = Path::<String>::from_request_parts(parts, state)
             .await
             .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route"))?;

@@ -254,6 +254,41 @@ pub enum CertificateMatch {
     Unreadable(String),
 }
 
+/// The device directory in use, replaced as a whole when the configuration is reloaded
+/// ([`super::AgentApiRuntime::reload_devices`]). Token checks read the current one on
+/// every request; a certificate is matched once per connection, so a keep-alive
+/// connection keeps the identity it was matched to until it closes (the idle timeout
+/// bounds that).
+#[derive(Debug)]
+pub struct DirectoryCell(std::sync::RwLock<Arc<DeviceDirectory>>);
+
+impl DirectoryCell {
+    /// A cell holding `directory`.
+    #[must_use]
+    pub fn new(directory: DeviceDirectory) -> Self {
+        DirectoryCell(std::sync::RwLock::new(Arc::new(directory)))
+    }
+
+    /// The directory in use now.
+    #[must_use]
+    pub fn current(&self) -> Arc<DeviceDirectory> {
+        Arc::clone(
+            &self
+                .0
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    /// Puts `directory` in use.
+    pub fn replace(&self, directory: DeviceDirectory) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(directory);
+    }
+}
+
 /// The configured agent devices, indexed by credential.
 #[derive(Debug, Default)]
 pub struct DeviceDirectory {

@@ -73,7 +73,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 pub use config::{AgentApiConfig, AgentAuth, AgentDevice, ConfigProblem};
-pub use runtime::AgentApiRuntime;
+pub use runtime::{AgentApiRuntime, ReloadRefused};
 pub use schema::StateReport;
 pub use server::serve;
 

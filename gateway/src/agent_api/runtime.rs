@@ -22,7 +22,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tracing::{error, warn};
 
 use super::config::{validate_devices, AgentApiConfig, AgentAuth, AgentDevice};
-use super::identity::{parse_token_file, DeviceDirectory, TokenDigest};
+use super::identity::{parse_token_file, DeviceDirectory, DirectoryCell, TokenDigest};
 use super::{AgentApiError, AgentApiStats};
 use crate::uplink::mqtt::tls::{rfc3339, validity, EXPIRY_WARNING_SECS};
 
@@ -30,9 +30,26 @@ use crate::uplink::mqtt::tls::{rfc3339, validity, EXPIRY_WARNING_SECS};
 #[derive(Clone)]
 pub struct AgentApiRuntime {
     pub(crate) tls: Arc<rustls::ServerConfig>,
-    pub(crate) directory: Arc<DeviceDirectory>,
+    pub(crate) directory: Arc<DirectoryCell>,
     pub(crate) config: AgentApiConfig,
     pub(crate) stats: Arc<AgentApiStats>,
+    /// Whether the TLS layer asks for client certificates (some device used mTLS at load).
+    mtls_enabled: bool,
+    /// Whether a connection may come without a certificate (some device used a token).
+    tokens_allowed: bool,
+}
+
+/// Why [`AgentApiRuntime::reload_devices`] did not apply a device list.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadRefused {
+    /// The new list is invalid (a key named) or a file could not be read.
+    #[error(transparent)]
+    Invalid(#[from] AgentApiError),
+    /// The new list needs a different TLS client-certificate policy than the running
+    /// listener has (the first mTLS device, or the first token device beside mTLS-only
+    /// ones): it takes effect after a restart.
+    #[error("{0}; this takes effect after a restart")]
+    NeedsRestart(&'static str),
 }
 
 impl std::fmt::Debug for AgentApiRuntime {
@@ -111,12 +128,45 @@ impl AgentApiRuntime {
             })?;
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
 
+        let mtls_enabled = config.device_ca.is_some() && directory.has_mtls_devices();
+        let tokens_allowed = !mtls_enabled || directory.has_token_devices();
         Ok(AgentApiRuntime {
             tls: Arc::new(tls),
-            directory: Arc::new(directory),
+            directory: Arc::new(DirectoryCell::new(directory)),
             config: config.clone(),
             stats: Arc::new(AgentApiStats::default()),
+            mtls_enabled,
+            tokens_allowed,
         })
+    }
+
+    /// Replaces the agent devices while serving (config reload): validates the list,
+    /// reads every token file, and puts the new directory in use for the next request.
+    /// A list that needs another TLS client-certificate policy is refused (restart).
+    ///
+    /// # Errors
+    /// [`ReloadRefused`]; the running directory stays.
+    pub fn reload_devices(&self, devices: &[AgentDevice]) -> Result<(), ReloadRefused> {
+        validate_devices(&self.config, devices).map_err(AgentApiError::from)?;
+        let mut digests = Vec::new();
+        for device in devices {
+            if let AgentAuth::Token { token_file } = &device.auth {
+                digests.push((device.id.clone(), read_token(token_file)?));
+            }
+        }
+        let directory = DeviceDirectory::new(devices, &digests).map_err(AgentApiError::from)?;
+        if directory.has_mtls_devices() && !self.mtls_enabled {
+            return Err(ReloadRefused::NeedsRestart(
+                "the first mTLS agent device needs the listener to ask for client certificates",
+            ));
+        }
+        if directory.has_token_devices() && !self.tokens_allowed {
+            return Err(ReloadRefused::NeedsRestart(
+                "the first token agent device needs the listener to accept connections without a certificate",
+            ));
+        }
+        self.directory.replace(directory);
+        Ok(())
     }
 
     /// The counters [`super::serve`] updates.

@@ -34,7 +34,7 @@ use tracing::{debug, error, info, warn};
 
 use super::config::AgentApiConfig;
 use super::http::{self, AppState, ConnectionInfo, ErrorCode};
-use super::identity::{CertificateMatch, DeviceDirectory};
+use super::identity::{CertificateMatch, DirectoryCell};
 use super::{bump, worth_logging, AgentApiError, AgentApiRuntime, AgentApiStats, AgentBackend};
 
 /// Consecutive accept failures after which [`serve`] gives up.
@@ -48,7 +48,7 @@ const MAX_HEADERS: usize = 32;
 struct Shared {
     acceptor: TlsAcceptor,
     router: Router,
-    directory: Arc<DeviceDirectory>,
+    directory: Arc<DirectoryCell>,
     config: AgentApiConfig,
     stats: Arc<AgentApiStats>,
 }
@@ -73,6 +73,7 @@ pub async fn serve<B: AgentBackend>(
         directory,
         config,
         stats,
+        ..
     } = runtime;
     let nonzero = |key: &'static str, value: u32| {
         NonZeroU32::new(value).ok_or_else(|| super::ConfigProblem {
@@ -240,7 +241,7 @@ async fn serve_connection(
     let certificate = match tls.get_ref().1.peer_certificates().and_then(<[_]>::first) {
         None => CertificateMatch::Absent,
         Some(der) => {
-            let (matched, names) = shared.directory.match_certificate(der);
+            let (matched, names) = shared.directory.current().match_certificate(der);
             if let CertificateMatch::Device(device) = &matched {
                 debug!(%peer, %device, "agent connected with a client certificate");
             } else {

@@ -230,3 +230,17 @@ pub(super) fn adapter_error(file: &std::path::Path, prefix: &str, reason: &str) 
         _ => ConfigError::new(file, prefix.to_owned(), reason.to_owned()),
     }
 }
+
+/// The devices that use the agent API, with their credentials.
+#[must_use]
+pub fn agent_devices(devices: &[DeviceConfig]) -> Vec<crate::agent_api::AgentDevice> {
+    devices
+        .iter()
+        .filter_map(|d| {
+            d.agent.clone().map(|auth| crate::agent_api::AgentDevice {
+                id: d.id.clone(),
+                auth,
+            })
+        })
+        .collect()
+}

@@ -728,15 +728,7 @@ impl Config {
     /// The devices that use the agent API, with their credentials.
     #[must_use]
     pub fn agent_devices(&self) -> Vec<crate::agent_api::AgentDevice> {
-        self.devices
-            .iter()
-            .filter_map(|d| {
-                d.agent.clone().map(|auth| crate::agent_api::AgentDevice {
-                    id: d.id.clone(),
-                    auth,
-                })
-            })
-            .collect()
+        devices::agent_devices(&self.devices)
     }
 
     /// Where the pseudonym key lives.

@@ -119,8 +119,9 @@ pub struct PlaneLoop {
     pub audit: Arc<AuditLog>,
     /// Alerts.
     pub alerts: Arc<Alerts>,
-    /// The agent API's backend, whose readable settings follow the config.
-    pub agent: Option<Arc<AgentIngest>>,
+    /// The agent API's backend, whose readable settings follow the config, and its
+    /// runtime, whose device credentials do.
+    pub agent: Option<(Arc<AgentIngest>, crate::agent_api::AgentApiRuntime)>,
     /// Valid reloaded configurations.
     pub configs: mpsc::Receiver<Config>,
     /// Outcomes of the cloud's desired documents.
@@ -145,8 +146,11 @@ impl PlaneLoop {
                 _ = shutdown.changed() => break,
                 Some(config) = self.configs.recv() => {
                     devices = config.devices;
-                    if let Some(agent) = &self.agent {
+                    if let Some((agent, runtime)) = &self.agent {
                         agent.set_settings(settings_of(&devices));
+                        if let Err(e) = runtime.reload_devices(&crate::config::devices::agent_devices(&devices)) {
+                            self.alerts.raise("config.refused", format!("agent device credentials not reloaded, the running ones stay: {e}")).await;
+                        }
                     }
                     self.plane.apply(&devices, &overrides).await;
                     tracing::info!(devices = devices.len(), "device configuration reloaded");
