@@ -7,6 +7,8 @@
 //! neither be stored nor logged before the gateway's PHI stage turns them into
 //! `wardgate_proto` records.
 
+#[cfg(feature = "dicom")]
+pub mod dicom;
 #[cfg(feature = "hl7")]
 pub mod hl7;
 #[cfg(feature = "logfile")]
