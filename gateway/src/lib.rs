@@ -8,12 +8,14 @@
 
 pub mod agent_api;
 pub mod audit;
+pub mod bulk;
 pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod devices;
 pub mod phi;
 pub mod pipeline;
+pub mod receive;
 pub mod spool;
 pub mod status;
 pub mod twin;

@@ -50,6 +50,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run the reference receiver of bulk uploads (the cloud end of the QUIC upload
+    /// protocol): verifies every file's SHA-256 and stores it in a directory.
+    Receive {
+        /// The receiver's configuration (listen address, directory, certificates).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Check the tamper-evident audit log's hash chain.
     Audit {
         #[command(subcommand)]
@@ -125,6 +132,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let text = runtime()?.block_on(wardgate::status::cli::run(&target, json))?;
             print!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Receive { config } => {
+            let config = wardgate::receive::ReceiverConfig::from_file(&config)?;
+            init_logging("info");
+            runtime()?.block_on(async {
+                let (stop, stopped) = tokio::sync::watch::channel(false);
+                let mut receiver = tokio::spawn(wardgate::receive::run(config, stopped));
+                // A receiver that cannot start (certificates, address) ends at once.
+                tokio::select! {
+                    ended = &mut receiver => return ended.context("receiver task")?.map_err(anyhow::Error::from),
+                    signal = wait_for_stop_signal() => signal?,
+                }
+                let _ = stop.send(true);
+                receiver.await.context("receiver task")??;
+                anyhow::Ok(())
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit {

@@ -7,8 +7,12 @@
 //! Versioning: every payload published to the cloud is an [`UplinkBatch`] whose
 //! `schema` field is [`SCHEMA_VERSION`]. Fields are only ever added (with
 //! `#[serde(default)]`); a change that removes or re-types a field bumps the version.
+//!
+//! [`upload`] is the bulk upload protocol (files over QUIC: offer, resume offset, chunks,
+//! verdict) with its sans-IO sender and receiver sessions; it has its own version byte.
 
 pub mod record;
+pub mod upload;
 
 pub use record::*;
 
