@@ -13,6 +13,15 @@
 //!   choices keeps any part of the original value, so none is weaker than `X`.
 //! - Options only ever turn an action into `K` for the attributes the standard's option
 //!   columns list; they never weaken anything else.
+//!
+//! Provenance: the (tag, action) pairs are the standard's Table E.1-1 (PS3.15 2024b). They
+//! were transcribed with the help of the machine-readable list published by the
+//! KitwareMedical `dicom-anonymizer` project (MIT licence, "Copyright 2019, Kitware SAS";
+//! permission notice: permission is granted free of charge to deal in the software
+//! without restriction, provided the copyright and permission notice are included; the
+//! software is provided "as is", without warranty of any kind). Before this table is
+//! relied on in a regulatory submission, check it entry by entry against the PS3.15 text
+//! of the edition the device maker cites.
 
 use dicom_core::Tag;
 use dicom_dictionary_std::tags;
