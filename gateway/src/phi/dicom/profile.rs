@@ -16,12 +16,26 @@
 //!
 //! Provenance: the (tag, action) pairs are the standard's Table E.1-1 (PS3.15 2024b). They
 //! were transcribed with the help of the machine-readable list published by the
-//! KitwareMedical `dicom-anonymizer` project (MIT licence, "Copyright 2019, Kitware SAS";
-//! permission notice: permission is granted free of charge to deal in the software
-//! without restriction, provided the copyright and permission notice are included; the
-//! software is provided "as is", without warranty of any kind). Before this table is
-//! relied on in a regulatory submission, check it entry by entry against the PS3.15 text
-//! of the edition the device maker cites.
+//! KitwareMedical `dicom-anonymizer` project, whose licence asks for this notice:
+//!
+//! > Copyright 2019, Kitware SAS
+//! >
+//! > Permission is hereby granted, free of charge, to any person obtaining a copy of this
+//! > software and associated documentation files (the "Software"), to deal in the
+//! > Software without restriction, including without limitation the rights to use, copy,
+//! > modify, merge, publish, distribute, sublicense, and/or sell copies of the Software,
+//! > and to permit persons to whom the Software is furnished to do so, subject to the
+//! > following conditions: The above copyright notice and this permission notice shall be
+//! > included in all copies or substantial portions of the Software. THE SOFTWARE IS
+//! > PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND, EXPRESS OR IMPLIED, INCLUDING BUT NOT
+//! > LIMITED TO THE WARRANTIES OF MERCHANTABILITY, FITNESS FOR A PARTICULAR PURPOSE AND
+//! > NONINFRINGEMENT. IN NO EVENT SHALL THE AUTHORS OR COPYRIGHT HOLDERS BE LIABLE FOR ANY
+//! > CLAIM, DAMAGES OR OTHER LIABILITY, WHETHER IN AN ACTION OF CONTRACT, TORT OR
+//! > OTHERWISE, ARISING FROM, OUT OF OR IN CONNECTION WITH THE SOFTWARE OR THE USE OR
+//! > OTHER DEALINGS IN THE SOFTWARE.
+//!
+//! Before this table is relied on in a regulatory submission, check it entry by entry
+//! against the PS3.15 text of the edition the device maker cites.
 
 use dicom_core::Tag;
 use dicom_dictionary_std::tags;
