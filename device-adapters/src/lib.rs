@@ -7,6 +7,7 @@
 //! neither be stored nor logged before the gateway's PHI stage turns them into
 //! `wardgate_proto` records.
 
+pub mod accept;
 #[cfg(feature = "dicom")]
 pub mod dicom;
 #[cfg(feature = "hl7")]

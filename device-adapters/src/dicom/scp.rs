@@ -53,12 +53,14 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
+use crate::accept::{AcceptFailures, AcceptVerdict};
+
 use super::dimse::{self, status, Assembler, Command, Disposition, Fragment, Step};
 use super::negotiate::{self, Accepted, Decision};
 use super::{DicomScpConfig, DicomScpError, DicomSink, ReceivedObject};
 
-/// Consecutive accept failures after which [`serve`] gives up.
-pub const MAX_ACCEPT_FAILURES: u32 = 20;
+/// Consecutive accept failures after which [`serve`] gives up (the shared accept policy).
+pub use crate::accept::MAX_ACCEPT_FAILURES;
 /// Over-the-cap association requests being answered with A-ASSOCIATE-RJ at once.
 pub const MAX_PENDING_REJECTIONS: usize = 8;
 
@@ -70,8 +72,6 @@ const REJECTION_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// `max_pdu_length`: a request proposing 128 contexts is ~15 KiB.
 const MIN_PDU_LIMIT: usize = 64 * 1024;
 const PDU_HEADER_LEN: usize = 6;
-const ACCEPT_BACKOFF_START: Duration = Duration::from_millis(50);
-const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Receiver counters, updated live. Share an `Arc` with [`serve`] and read
 /// [`snapshot`](Self::snapshot)s.
@@ -209,7 +209,7 @@ pub async fn serve<S: DicomSink>(
     let rejections = Arc::new(Semaphore::new(MAX_PENDING_REJECTIONS));
     let (closing_tx, closing_rx) = watch::channel(false);
     let mut associations = JoinSet::new();
-    let mut failures = 0u32;
+    let mut accept_failures = AcceptFailures::default();
     if let Ok(local) = listener.local_addr() {
         info!(%local, ae_title = %shared.config.ae_title, "DICOM storage SCP started");
     }
@@ -227,25 +227,23 @@ pub async fn serve<S: DicomSink>(
             }
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    failures = 0;
+                    accept_failures.accepted();
                     admit(stream, peer, &permits, &rejections, &shared, &closing_rx, &mut associations);
                 }
-                Err(e) if is_per_connection_error(&e) => debug!(error = %e, "accept: connection failed early"),
-                Err(e) => {
-                    failures += 1;
-                    if failures >= MAX_ACCEPT_FAILURES {
+                Err(e) => match accept_failures.failed(&e) {
+                    AcceptVerdict::Ignore => debug!(error = %e, "accept: connection failed early"),
+                    AcceptVerdict::GiveUp => {
                         error!(error = %e, "DICOM SCP cannot accept connections; stopping");
                         break Err(DicomScpError::Accept(e));
                     }
-                    let backoff = ACCEPT_BACKOFF_START
-                        .saturating_mul(1 << failures.min(16))
-                        .min(ACCEPT_BACKOFF_MAX);
-                    warn!(error = %e, ?backoff, "accept failed; backing off");
-                    tokio::select! {
-                        () = tokio::time::sleep(backoff) => {}
-                        _ = shutdown.changed() => {}
+                    AcceptVerdict::BackOff(backoff) => {
+                        warn!(error = %e, ?backoff, "accept failed; backing off");
+                        tokio::select! {
+                            () = tokio::time::sleep(backoff) => {}
+                            _ = shutdown.changed() => {}
+                        }
                     }
-                }
+                },
             },
             Some(ended) = associations.join_next() => log_task_end(ended),
         }
@@ -284,17 +282,6 @@ async fn remove_leftover_parts(dir: &Path) -> Result<(), DicomScpError> {
         info!(removed, dir = %dir.display(), "removed partly received DICOM objects left by a previous run");
     }
     Ok(())
-}
-
-fn is_per_connection_error(e: &std::io::Error) -> bool {
-    matches!(
-        e.kind(),
-        ErrorKind::ConnectionAborted
-            | ErrorKind::ConnectionReset
-            | ErrorKind::ConnectionRefused
-            | ErrorKind::Interrupted
-            | ErrorKind::WouldBlock
-    )
 }
 
 fn log_task_end(ended: Result<(), tokio::task::JoinError>) {

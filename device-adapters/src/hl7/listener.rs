@@ -62,6 +62,8 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
+use crate::accept::{AcceptFailures, AcceptVerdict};
+
 use crate::hl7::ack::{
     build_ack, hl7_timestamp, AckMode, AckOutcome, AckRequest, ErrorCode, InboundHeader,
 };
@@ -110,16 +112,14 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1 << 20;
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Default connection cap.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
-/// Consecutive accept failures after which [`serve`] gives up.
-pub const MAX_ACCEPT_FAILURES: u32 = 20;
+/// Consecutive accept failures after which [`serve`] gives up (the shared accept policy).
+pub use crate::accept::MAX_ACCEPT_FAILURES;
 
 const READ_CHUNK: usize = 16 * 1024;
 /// How long a connection keeps reading after shutdown to answer AR to what was in flight
 /// on the wire.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(100);
 const LIMITER_PRUNE_PERIOD: Duration = Duration::from_secs(60);
-const ACCEPT_BACKOFF_START: Duration = Duration::from_millis(50);
-const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Listener configuration.
 #[derive(Debug, Clone)]
@@ -332,7 +332,7 @@ pub async fn serve<S: Hl7Sink>(
     let (closing_tx, closing_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
     let mut prune = tokio::time::interval(LIMITER_PRUNE_PERIOD);
-    let mut failures = 0u32;
+    let mut accept_failures = AcceptFailures::default();
     if let Ok(local) = listener.local_addr() {
         info!(%local, "HL7 MLLP listener started");
     }
@@ -350,25 +350,23 @@ pub async fn serve<S: Hl7Sink>(
             }
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    failures = 0;
+                    accept_failures.accepted();
                     admit(stream, peer, &allow, &permits, &shared, &closing_rx, &mut connections);
                 }
-                Err(e) if is_per_connection_error(&e) => debug!(error = %e, "accept: connection failed early"),
-                Err(e) => {
-                    failures += 1;
-                    if failures >= MAX_ACCEPT_FAILURES {
+                Err(e) => match accept_failures.failed(&e) {
+                    AcceptVerdict::Ignore => debug!(error = %e, "accept: connection failed early"),
+                    AcceptVerdict::GiveUp => {
                         error!(error = %e, "HL7 listener cannot accept connections; stopping");
                         break Err(Hl7Error::Accept(e));
                     }
-                    let backoff = ACCEPT_BACKOFF_START
-                        .saturating_mul(1 << failures.min(16))
-                        .min(ACCEPT_BACKOFF_MAX);
-                    warn!(error = %e, ?backoff, "accept failed; backing off");
-                    tokio::select! {
-                        () = tokio::time::sleep(backoff) => {}
-                        _ = shutdown.changed() => {}
+                    AcceptVerdict::BackOff(backoff) => {
+                        warn!(error = %e, ?backoff, "accept failed; backing off");
+                        tokio::select! {
+                            () = tokio::time::sleep(backoff) => {}
+                            _ = shutdown.changed() => {}
+                        }
                     }
-                }
+                },
             },
             Some(ended) = connections.join_next() => log_task_end(ended),
             _ = prune.tick() => {
@@ -386,16 +384,6 @@ pub async fn serve<S: Hl7Sink>(
     }
     info!("HL7 MLLP listener stopped");
     result
-}
-
-fn is_per_connection_error(e: &std::io::Error) -> bool {
-    use std::io::ErrorKind::{
-        ConnectionAborted, ConnectionRefused, ConnectionReset, Interrupted, WouldBlock,
-    };
-    matches!(
-        e.kind(),
-        ConnectionAborted | ConnectionReset | ConnectionRefused | Interrupted | WouldBlock
-    )
 }
 
 fn log_task_end(ended: Result<(), tokio::task::JoinError>) {

@@ -5,7 +5,7 @@
 //! Invariants:
 //! * The listener never stops because of one connection: handshake failures, protocol
 //!   errors and timeouts end that connection only. Only persistent accept failures
-//!   ([`MAX_ACCEPT_FAILURES`] in a row) end [`serve`].
+//!   ([`wardgate_device_adapters::accept::MAX_ACCEPT_FAILURES`] in a row, the shared accept policy) end [`serve`].
 //! * A connection holds a permit of the connection cap from accept to close, handshake
 //!   included, so stalled handshakes count against the cap and are bounded by the
 //!   handshake timeout.
@@ -15,7 +15,6 @@
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::http::Request;
 use axum::response::Response;
@@ -32,15 +31,13 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 use tracing::{debug, error, info, warn};
 
+use wardgate_device_adapters::accept::{AcceptFailures, AcceptVerdict};
+
 use super::config::AgentApiConfig;
 use super::http::{self, AppState, ConnectionInfo, ErrorCode};
 use super::identity::{CertificateMatch, DirectoryCell};
 use super::{bump, worth_logging, AgentApiError, AgentApiRuntime, AgentApiStats, AgentBackend};
 
-/// Consecutive accept failures after which [`serve`] gives up.
-pub const MAX_ACCEPT_FAILURES: u32 = 20;
-const ACCEPT_BACKOFF_START: Duration = Duration::from_millis(50);
-const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Most request headers; agents send a handful.
 const MAX_HEADERS: usize = 32;
 
@@ -105,7 +102,7 @@ pub async fn serve<B: AgentBackend>(
     let permits = Arc::new(Semaphore::new(shared.config.max_connections));
     let (closing_tx, closing_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
-    let mut failures = 0u32;
+    let mut accept_failures = AcceptFailures::default();
     if let Ok(local) = listener.local_addr() {
         info!(%local, "device agent API listening (HTTPS)");
     }
@@ -123,25 +120,23 @@ pub async fn serve<B: AgentBackend>(
             }
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    failures = 0;
+                    accept_failures.accepted();
                     admit(stream, peer, &permits, &shared, &closing_rx, &mut connections);
                 }
-                Err(e) if is_per_connection_error(&e) => debug!(error = %e, "accept: connection failed early"),
-                Err(e) => {
-                    failures += 1;
-                    if failures >= MAX_ACCEPT_FAILURES {
+                Err(e) => match accept_failures.failed(&e) {
+                    AcceptVerdict::Ignore => debug!(error = %e, "accept: connection failed early"),
+                    AcceptVerdict::GiveUp => {
                         error!(error = %e, "agent API cannot accept connections; stopping");
                         break Err(AgentApiError::Accept(e));
                     }
-                    let backoff = ACCEPT_BACKOFF_START
-                        .saturating_mul(1 << failures.min(16))
-                        .min(ACCEPT_BACKOFF_MAX);
-                    warn!(error = %e, ?backoff, "agent API accept failed; backing off");
-                    tokio::select! {
-                        () = tokio::time::sleep(backoff) => {}
-                        _ = shutdown.changed() => {}
+                    AcceptVerdict::BackOff(backoff) => {
+                        warn!(error = %e, ?backoff, "agent API accept failed; backing off");
+                        tokio::select! {
+                            () = tokio::time::sleep(backoff) => {}
+                            _ = shutdown.changed() => {}
+                        }
                     }
-                }
+                },
             },
             Some(ended) = connections.join_next() => log_task_end(ended),
         }
@@ -155,16 +150,6 @@ pub async fn serve<B: AgentBackend>(
     }
     info!("device agent API stopped");
     result
-}
-
-fn is_per_connection_error(e: &std::io::Error) -> bool {
-    use std::io::ErrorKind::{
-        ConnectionAborted, ConnectionRefused, ConnectionReset, Interrupted, WouldBlock,
-    };
-    matches!(
-        e.kind(),
-        ConnectionAborted | ConnectionReset | ConnectionRefused | Interrupted | WouldBlock
-    )
 }
 
 fn log_task_end(ended: Result<(), tokio::task::JoinError>) {
