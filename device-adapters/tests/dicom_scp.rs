@@ -3,9 +3,13 @@
 //!
 //! dcmtk is needed for most cases. Without it they print `SKIP` and pass, except under
 //! `CI=true`, where a missing tool fails the test.
+//!
+//! The sink here checks, for every object, that the temporary file it is handed holds
+//! no plaintext of the data set, and stores what it reads through `open_dataset`.
 #![cfg(feature = "dicom")]
 #![allow(clippy::unwrap_used)]
 
+use std::io::{BufRead, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -23,6 +27,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use wardgate_device_adapters::dicom::{
+    sealed::{sealed_len, CHUNK_LEN},
     serve, CallerConfig, DicomScpConfig, DicomScpStats, DicomScpStatsSnapshot, DicomSink,
     ReceivedObject, StoreFailure,
 };
@@ -98,6 +103,17 @@ struct TestFile {
 /// Writes a CT image with `pixel_bytes` of pixel data in `ts`, and returns it with the
 /// data set bytes a receiver must end up with.
 fn ct_file(dir: &Path, n: u32, ts: &str, pixel_bytes: usize) -> TestFile {
+    ct_file_of(dir, n, ts, pixel_bytes, ("DOE^JANE", "MRN-1"))
+}
+
+/// [`ct_file`] for a given patient (name, ID).
+fn ct_file_of(
+    dir: &Path,
+    n: u32,
+    ts: &str,
+    pixel_bytes: usize,
+    (patient_name, patient_id): (&str, &str),
+) -> TestFile {
     let instance = format!("1.2.826.0.1.3680043.8.498.77.{n}");
     let side = u16::try_from(((pixel_bytes / 2) as f64).sqrt() as usize)
         .unwrap()
@@ -111,8 +127,8 @@ fn ct_file(dir: &Path, n: u32, ts: &str, pixel_bytes: usize) -> TestFile {
         el(tags::SOP_INSTANCE_UID, VR::UI, &instance),
         el(tags::STUDY_DATE, VR::DA, "20250101"),
         el(tags::MODALITY, VR::CS, "CT"),
-        el(tags::PATIENT_NAME, VR::PN, "DOE^JANE"),
-        el(tags::PATIENT_ID, VR::LO, "MRN-1"),
+        el(tags::PATIENT_NAME, VR::PN, patient_name),
+        el(tags::PATIENT_ID, VR::LO, patient_id),
         el(
             tags::STUDY_INSTANCE_UID,
             VR::UI,
@@ -174,14 +190,20 @@ fn transfer_syntax_of(path: &Path) -> String {
 
 #[derive(Debug)]
 struct Stored {
+    /// What the sink read through `open_dataset`, written out and fsynced.
     path: PathBuf,
+    /// The temporary file's bytes as the sink found them on disk.
+    raw: Vec<u8>,
+    dataset_len: u64,
     transfer_syntax: String,
     sop_class: String,
     instance: String,
     calling: String,
 }
 
-/// Moves each object into `dir` and fsyncs it and the directory; can be told to fail.
+/// Reads each object through `open_dataset` into a file in `dir` and fsyncs it and the
+/// directory (what a de-identifying sink does, minus the de-identification); keeps the
+/// raw temporary file's bytes for the tests to inspect; can be told to fail.
 struct DirSink {
     dir: PathBuf,
     fail: Mutex<Option<StoreFailure>>,
@@ -226,21 +248,21 @@ impl DicomSink for DirSink {
         }
         let n = self.stored.lock().unwrap().len();
         let target = self.dir.join(format!("{n}.dataset"));
-        let (source, dir, dest) = (
-            object.dataset_path.clone(),
-            self.dir.clone(),
-            target.clone(),
-        );
-        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            std::fs::rename(&source, &dest)?;
-            std::fs::File::open(&dest)?.sync_all()?;
-            std::fs::File::open(&dir)?.sync_all()
-        })
-        .await
-        .unwrap()
-        .map_err(|e| StoreFailure::ProcessingFailure(e.to_string()))?;
+        let (dir, dest) = (self.dir.clone(), target.clone());
+        let (object, raw) =
+            tokio::task::spawn_blocking(move || -> std::io::Result<(ReceivedObject, Vec<u8>)> {
+                let raw = std::fs::read(&object.dataset_path)?;
+                copy_dataset(&object, &dest)?;
+                std::fs::File::open(&dir)?.sync_all()?;
+                Ok((object, raw))
+            })
+            .await
+            .unwrap()
+            .map_err(|e| StoreFailure::ProcessingFailure(e.to_string()))?;
         self.stored.lock().unwrap().push(Stored {
             path: target,
+            raw,
+            dataset_len: object.dataset_len,
             transfer_syntax: object.transfer_syntax_uid,
             sop_class: object.sop_class_uid,
             instance: object.sop_instance_uid,
@@ -248,6 +270,26 @@ impl DicomSink for DirSink {
         });
         Ok(())
     }
+}
+
+/// Writes the object's data set, read through `open_dataset`, to `dest` and fsyncs it.
+fn copy_dataset(object: &ReceivedObject, dest: &Path) -> std::io::Result<()> {
+    let mut reader = object.open_dataset()?;
+    let mut out = std::fs::File::create(dest)?;
+    loop {
+        let chunk = reader.fill_buf()?;
+        if chunk.is_empty() {
+            break;
+        }
+        out.write_all(chunk)?;
+        let n = chunk.len();
+        reader.consume(n);
+    }
+    out.sync_all()
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -284,9 +326,18 @@ fn config(temp_dir: &Path) -> DicomScpConfig {
 }
 
 async fn start(tweak: impl FnOnce(&mut DicomScpConfig)) -> Server {
+    start_over(|_| {}, tweak).await
+}
+
+/// [`start`], with `prepare` run on the (empty) temp dir before the server starts.
+async fn start_over(
+    prepare: impl FnOnce(&Path),
+    tweak: impl FnOnce(&mut DicomScpConfig),
+) -> Server {
     let root = tempfile::tempdir().unwrap();
     let temp_dir = root.path().join("incoming");
     std::fs::create_dir(&temp_dir).unwrap();
+    prepare(&temp_dir);
     let sink = Arc::new(DirSink::new(root.path().join("stored")));
     let mut config = config(&temp_dir);
     tweak(&mut config);
@@ -532,6 +583,9 @@ async fn storescu_objects_arrive_intact_in_explicit_and_implicit_vr() {
                 "data set of {} differs",
                 file.instance
             );
+            assert_eq!(got.dataset_len, file.dataset.len() as u64);
+            assert_eq!(got.raw.len() as u64, sealed_len(got.dataset_len));
+            assert!(!contains(&got.raw, b"DOE^JANE") && !contains(&got.raw, b"MRN-1"));
         }
     }
     assert_eq!(server.sink.instances().len(), 5);
@@ -938,4 +992,158 @@ async fn connection_that_never_requests_an_association_is_closed() {
         .unwrap();
     let stats = server.stop().await;
     assert_eq!((stats.idle_timeouts, stats.associations_accepted), (1, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planted_identifiers_sent_by_storescu_never_reach_the_disk_in_the_clear() {
+    if !have("storescu") {
+        return;
+    }
+    let server = start(|_| {}).await;
+    let src = tempfile::tempdir().unwrap();
+    // Large enough to span several sealing chunks.
+    let file = ct_file_of(
+        src.path(),
+        1,
+        uids::EXPLICIT_VR_LITTLE_ENDIAN,
+        300_000,
+        ("DOE^PLANTED", "MRN-PLANTED-42"),
+    );
+    assert!(contains(&file.dataset, b"DOE^PLANTED") && contains(&file.dataset, b"MRN-PLANTED-42"));
+    let out = dcmtk(
+        "storescu",
+        storescu_args(
+            server.addr,
+            SCU_AE,
+            &["-xe"],
+            std::slice::from_ref(&file.path),
+        ),
+    )
+    .await;
+    assert!(out.status.success(), "storescu failed:\n{}", text(&out));
+    {
+        let stored = server.sink.stored.lock().unwrap();
+        assert_eq!(stored.len(), 1);
+        let got = &stored[0];
+        // On disk, while the sink held the object: ciphertext only.
+        assert_eq!(got.raw.len() as u64, sealed_len(file.dataset.len() as u64));
+        assert!(!contains(&got.raw, b"DOE^PLANTED"), "patient name on disk");
+        assert!(!contains(&got.raw, b"PLANTED"), "part of the name on disk");
+        assert!(!contains(&got.raw, b"MRN-PLANTED-42"), "patient ID on disk");
+        assert!(
+            !contains(&got.raw, &file.dataset[..64]),
+            "data set start on disk"
+        );
+        // Through open_dataset: exactly what was sent.
+        let read = std::fs::read(&got.path).unwrap();
+        assert!(contains(&read, b"DOE^PLANTED"));
+        assert!(read == file.dataset, "open_dataset did not round-trip");
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planted_identifier_in_raw_fragments_never_reaches_the_disk_in_the_clear() {
+    let server = start(|_| {}).await;
+    // The marker sits at the start, across chunk boundaries and at the very end; fragments of odd sizes cut through it.
+    let marker = b"DOE^PLANTED";
+    let mut dataset: Vec<u8> = (0..600_000u32).map(|i| (i % 241) as u8).collect();
+    let boundary = CHUNK_LEN - 5;
+    let end = dataset.len() - marker.len();
+    for at in [0, boundary, 300_000, CHUNK_LEN * 2 - 3, end] {
+        dataset[at..at + marker.len()].copy_from_slice(marker);
+    }
+    let mut raw = Raw::associate(server.addr).await;
+    raw.fragment(true, true, &store_command("1.2.3.77")).await;
+    let pieces: Vec<&[u8]> = dataset.chunks(16_377).collect();
+    for (i, piece) in pieces.iter().enumerate() {
+        raw.fragment(false, i + 1 == pieces.len(), piece).await;
+    }
+    assert_eq!(raw.response_status().await, 0x0000);
+    {
+        let stored = server.sink.stored.lock().unwrap();
+        let got = &stored[0];
+        assert_eq!(got.dataset_len, dataset.len() as u64);
+        assert!(!contains(&got.raw, marker), "planted name on disk");
+        assert!(std::fs::read(&got.path).unwrap() == dataset);
+    }
+    drop(raw);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leftovers_of_a_previous_run_are_removed_at_start() {
+    let leftover = "wardgate-dicom-00000000deadbeef-3.part";
+    let server = start_over(
+        |dir| {
+            std::fs::write(dir.join(leftover), [0xAB; 4096]).unwrap();
+            std::fs::write(dir.join("not-ours.txt"), b"keep").unwrap();
+        },
+        |_| {},
+    )
+    .await;
+    // Once an association is served, start-up is over.
+    let raw = Raw::associate(server.addr).await;
+    drop(raw);
+    let names: Vec<String> = server
+        .parts()
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, vec!["not-ours.txt".to_owned()]);
+    std::fs::remove_file(server.temp_dir.join("not-ours.txt")).unwrap();
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_temp_file_fails_to_read_back() {
+    // The sink corrupts one byte of the ciphertext before reading, as a medium error or
+    // an intruder would: the reader refuses, and the sink answers a failure.
+    struct Corrupting;
+    impl DicomSink for Corrupting {
+        async fn store(&self, object: ReceivedObject) -> Result<(), StoreFailure> {
+            tokio::task::spawn_blocking(move || {
+                let mut bytes = std::fs::read(&object.dataset_path).unwrap();
+                bytes[100] ^= 0x01;
+                std::fs::write(&object.dataset_path, &bytes).unwrap();
+                let mut out = Vec::new();
+                let read = object
+                    .open_dataset()
+                    .and_then(|mut r| std::io::Read::read_to_end(&mut r, &mut out));
+                match read {
+                    Ok(_) => Ok(()),
+                    Err(e) => {
+                        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
+                        assert!(out.is_empty(), "plaintext of a bad chunk released");
+                        Err(StoreFailure::ProcessingFailure(
+                            "data set unreadable".into(),
+                        ))
+                    }
+                }
+            })
+            .await
+            .unwrap()
+        }
+    }
+    let root = tempfile::tempdir().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (shutdown, rx) = watch::channel(false);
+    let stats = Arc::new(DicomScpStats::new());
+    let task = tokio::spawn(serve(
+        listener,
+        config(root.path()),
+        Arc::new(Corrupting),
+        Arc::clone(&stats),
+        rx,
+    ));
+    let mut raw = Raw::associate(addr).await;
+    raw.fragment(true, true, &store_command("1.2.3.78")).await;
+    raw.fragment(false, true, &[0x42; 5000]).await;
+    assert_eq!(raw.response_status().await, 0x0110);
+    drop(raw);
+    shutdown.send(true).unwrap();
+    task.await.unwrap().unwrap();
+    assert_eq!(stats.snapshot().objects_failed, 1);
+    assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0);
 }

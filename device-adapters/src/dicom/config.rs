@@ -60,9 +60,10 @@ pub struct DicomScpConfig {
     #[serde(default = "default_max_object_bytes")]
     pub max_object_bytes: u64,
     /// Directory for objects being received: each object is streamed to a temporary file
-    /// here and handed to the gateway when complete. Must exist, be writable, and should
-    /// be on the same file system as the outbox so the gateway can move files cheaply.
-    /// Leftover `*.part` files from a crash are removed at start.
+    /// here, encrypted under a key held only in memory (PHI never reaches the disk in
+    /// the clear), and handed to the gateway when complete. Must exist and be writable;
+    /// needs room for `max_associations` objects at once. Leftover `*.part` files from a
+    /// crash (unreadable: their keys are gone) are removed at start.
     pub temp_dir: PathBuf,
     /// Largest PDU we accept, in bytes (4096–16777216), announced to the modality as our
     /// maximum length. Larger PDUs mean fewer reads per object; each association holds up

@@ -3,13 +3,15 @@
 //!
 //! Flow per association: read the A-ASSOCIATE-RQ → decide (access control, contexts) →
 //! AC or RJ → read PDUs; each P-DATA fragment goes through the [`Assembler`]: a command is
-//! answered, a data set is appended to a temporary file as it arrives, and a complete
-//! object is handed to [`DicomSink::store`] → C-STORE-RSP. One DIMSE operation is in
-//! flight per association (no asynchronous operations window is negotiated), so the
-//! next message is read only after the previous response was written.
+//! answered, a data set is encrypted ([`Sealer`]) and appended to a temporary file as it
+//! arrives, and a complete object is handed to [`DicomSink::store`] → C-STORE-RSP. One
+//! DIMSE operation is in flight per association (no asynchronous operations window is
+//! negotiated), so the next message is read only after the previous response was
+//! written.
 //!
-//! **Invariant: a C-STORE-RSP with status success is written only after `store`
-//! returned `Ok(())`.**
+//! **Invariants: a C-STORE-RSP with status success is written only after `store`
+//! returned `Ok(())`; only ciphertext is written to a temporary file, under a key
+//! generated for that object and kept in memory only (see [`super::sealed`]).**
 //!
 //! Decisions:
 //! - **Association cap**: over `max_associations`, the association request is still read
@@ -26,9 +28,11 @@
 //! - **Protocol errors** (a malformed PDU, fragments out of order, an unexpected PDU
 //!   type, a PDU over the limit) abort the association. None of them affects others.
 //! - **Temporary files** are named `wardgate-dicom-<seed>-<n>.part` in `temp_dir`, created
-//!   exclusively, and removed by a guard on every path that does not store the object
-//!   (including a dropped connection or a cancelled task). Leftovers of a crash are
-//!   removed when [`serve`] starts.
+//!   exclusively with owner-only permissions, written in sealed chunks of
+//!   [`CHUNK_LEN`](super::sealed::CHUNK_LEN) plaintext bytes, and removed by a guard on
+//!   every path (after the sink returns, or when the object is not stored, including a
+//!   dropped connection or a cancelled task). Leftovers of a crash are ciphertext whose
+//!   key is gone; they are removed when [`serve`] starts, to reclaim the space.
 //! - **Shutdown** (the `shutdown` watch turns `true`, or its sender is dropped): stop
 //!   accepting; an object being handed to the sink is finished and answered; every
 //!   association is then aborted (a partly received object is discarded; the modality
@@ -57,6 +61,7 @@ use crate::accept::{AcceptFailures, AcceptVerdict};
 
 use super::dimse::{self, status, Assembler, Command, Disposition, Fragment, Step};
 use super::negotiate::{self, Accepted, Decision};
+use super::sealed::{DatasetKey, Sealer};
 use super::{DicomScpConfig, DicomScpError, DicomSink, ReceivedObject};
 
 /// Consecutive accept failures after which [`serve`] gives up (the shared accept policy).
@@ -259,7 +264,8 @@ pub async fn serve<S: DicomSink>(
     result
 }
 
-/// Removes `*.part` files a previous run left behind (a crash mid-object).
+/// Removes `*.part` files a previous run left behind (a crash mid-object or mid-store):
+/// unreadable ciphertext, but it takes space.
 async fn remove_leftover_parts(dir: &Path) -> Result<(), DicomScpError> {
     let fail = |source| DicomScpError::TempDir {
         path: dir.to_owned(),
@@ -431,12 +437,46 @@ impl Drop for PartFile {
     }
 }
 
+/// A temporary file being written: plaintext in, sealed chunks out to the file.
+struct PartWriter {
+    file: tokio::fs::File,
+    sealer: Sealer,
+    key: DatasetKey,
+}
+
+impl PartWriter {
+    /// Encrypts and appends `data`. A sealed chunk is written out as soon as it is
+    /// complete; the sealer's buffer is reused, so nothing is allocated here.
+    async fn write(&mut self, mut data: &[u8]) -> std::io::Result<()> {
+        while !data.is_empty() {
+            if let Some(sealed) = self.sealer.push(&mut data)? {
+                self.file.write_all(sealed).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Seals and writes the last chunk and waits for every write to reach the file.
+    /// Returns the key and the plaintext length.
+    async fn finish(self) -> std::io::Result<(DatasetKey, u64)> {
+        let PartWriter {
+            mut file,
+            sealer,
+            key,
+        } = self;
+        let (tail, len) = sealer.finish()?;
+        file.write_all(&tail).await?;
+        file.flush().await?;
+        Ok((key, len))
+    }
+}
+
 /// The object whose data set is being received.
 struct Incoming {
     command: Command,
     transfer_syntax: String,
     /// The open file and its removal guard; `None` when the data set is being discarded.
-    file: Option<(tokio::fs::File, PartFile)>,
+    file: Option<(PartWriter, PartFile)>,
     /// How the object will be answered if it is not stored.
     refusal: Option<(u16, String)>,
 }
@@ -744,8 +784,8 @@ impl<S: DicomSink> Connection<'_, S> {
                     object.file = None;
                 }
                 if append {
-                    if let Some((file, _)) = object.file.as_mut() {
-                        if let Err(e) = file.write_all(fragment.bytes).await {
+                    if let Some((part, _)) = object.file.as_mut() {
+                        if let Err(e) = part.write(fragment.bytes).await {
                             error!(error = %e, "writing a temporary DICOM file failed");
                             object.refusal = Some(io_refusal(&e));
                             object.file = None;
@@ -762,7 +802,9 @@ impl<S: DicomSink> Connection<'_, S> {
         }
     }
 
-    async fn create_part(&self) -> std::io::Result<(tokio::fs::File, PartFile)> {
+    async fn create_part(&self) -> std::io::Result<(PartWriter, PartFile)> {
+        let key = DatasetKey::generate()?;
+        let sealer = Sealer::new(&key)?;
         loop {
             let n = self.shared.next_part.fetch_add(1, Ordering::Relaxed);
             let name = format!(
@@ -770,13 +812,14 @@ impl<S: DicomSink> Connection<'_, S> {
                 self.shared.part_seed
             );
             let path = self.shared.config.temp_dir.join(name);
-            match tokio::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&path)
-                .await
-            {
-                Ok(file) => return Ok((file, PartFile { path })),
+            let mut options = tokio::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            options.mode(0o600);
+            match options.open(&path).await {
+                Ok(file) => {
+                    return Ok((PartWriter { file, sealer, key }, PartFile { path }));
+                }
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(e),
             }
@@ -808,7 +851,7 @@ impl<S: DicomSink> Connection<'_, S> {
                 .respond(&command, status::OUT_OF_RESOURCES, Some(&comment), accepted)
                 .await;
         }
-        let (mut file, part) = match (file, refusal) {
+        let (writer, part) = match (file, refusal) {
             (Some(file), None) => file,
             (_, Some((status, comment))) => {
                 bump(&stats.objects_failed);
@@ -828,20 +871,24 @@ impl<S: DicomSink> Connection<'_, S> {
                     .await;
             }
         };
-        // Wait for the last write to reach the file; the sink makes it durable.
-        if let Err(e) = file.flush().await {
-            error!(error = %e, "writing a temporary DICOM file failed");
-            bump(&stats.objects_failed);
-            let (status, comment) = io_refusal(&e);
-            return self
-                .respond(&command, status, Some(&comment), accepted)
-                .await;
-        }
-        drop(file);
+        // Wait for the last write to reach the file (not the disk: the sink stores a
+        // de-identified copy durably, and this file is deleted either way).
+        let (dataset_key, dataset_len) = match writer.finish().await {
+            Ok(sealed) => sealed,
+            Err(e) => {
+                error!(error = %e, "writing a temporary DICOM file failed");
+                bump(&stats.objects_failed);
+                let (status, comment) = io_refusal(&e);
+                return self
+                    .respond(&command, status, Some(&comment), accepted)
+                    .await;
+            }
+        };
         let sop_class = command.affected_sop_class.clone().unwrap_or_default();
         let object = ReceivedObject {
             dataset_path: part.path.clone(),
-            dataset_len: done.bytes,
+            dataset_len,
+            dataset_key,
             transfer_syntax_uid: transfer_syntax,
             sop_class_uid: sop_class.clone(),
             sop_instance_uid: command.affected_sop_instance.clone().unwrap_or_default(),
@@ -849,7 +896,8 @@ impl<S: DicomSink> Connection<'_, S> {
             peer: self.peer,
         };
         let stored = self.shared.sink.store(object).await;
-        // Whatever the sink left behind goes now, before the modality hears anything.
+        // The file goes now, before the modality hears anything (the key went with the
+        // object).
         drop(part);
         match stored {
             Ok(()) => {
