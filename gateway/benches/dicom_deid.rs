@@ -7,7 +7,15 @@
 //!
 //! Prints `dicom_deid: wardgate N MB/s, gdcmanon M MB/s (R×)`. Target: ≥ 600 MB/s and ≥ 3×
 //! gdcmanon.
+//!
+//! The streaming entry point (`deidentify_stream`) is timed on the same objects, read from
+//! memory through `io::Read`. Then, in a child process (so the figure is its own), a
+//! synthetic 2 GiB multi-frame object (4096 frames of 512×512×16 bit) is streamed from a
+//! generator reader into `io::sink()` — nothing is written to disk — and its peak resident
+//! memory (VmHWM of /proc/self/status) is printed before and after: the streaming path's
+//! memory must not grow with the pixel data.
 
+use std::io::Read;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -22,6 +30,10 @@ use wardgate::phi::PseudonymKey;
 const CT_OBJECTS: usize = 200;
 const MR_OBJECTS: usize = 400;
 const ROUNDS: usize = 7;
+/// Set in the child process that streams the synthetic multi-frame object.
+const STREAM_CHILD: &str = "WARDGATE_BENCH_DICOM_STREAM_CHILD";
+/// Frames of the synthetic multi-frame object (512×512×16 bit each: 2 GiB in all).
+const FRAMES: u32 = 4096;
 
 type El = DataElement<InMemDicomObject>;
 
@@ -36,12 +48,28 @@ fn us(tag: Tag, v: u16) -> El {
 /// A realistic image header (patient, study, series, equipment, a few sequences and
 /// private tags) and `side`×`side` 16-bit pixels.
 fn image(sop_class: &str, modality: &str, side: u16, patient: usize, index: usize) -> Vec<u8> {
+    image_with(sop_class, modality, side, patient, index, true)
+}
+
+/// [`image`], with the pixel data element left out if `with_pixels` is false.
+fn image_with(
+    sop_class: &str,
+    modality: &str,
+    side: u16,
+    patient: usize,
+    index: usize,
+    with_pixels: bool,
+) -> Vec<u8> {
     let study = format!("1.2.826.0.1.3680043.8.498.{}", 10_000 + patient);
     let series = format!("{study}.1");
     let instance = format!("{series}.{index}");
-    let pixels: Vec<u8> = (0..u32::from(side) * u32::from(side))
-        .flat_map(|i| (((i * 31) ^ (index as u32)) % 4096).to_le_bytes()[..2].to_vec())
-        .collect();
+    let pixels: Vec<u8> = if with_pixels {
+        (0..u32::from(side) * u32::from(side))
+            .flat_map(|i| (((i * 31) ^ (index as u32)) % 4096).to_le_bytes()[..2].to_vec())
+            .collect()
+    } else {
+        Vec::new()
+    };
     let reference = InMemDicomObject::from_element_iter([
         text(tags::REFERENCED_SOP_CLASS_UID, VR::UI, sop_class),
         text(
@@ -60,7 +88,7 @@ fn image(sop_class: &str, modality: &str, side: u16, patient: usize, index: usiz
         text(tags::SCHEDULED_PROCEDURE_STEP_ID, VR::SH, "SPS12345"),
         text(tags::REQUESTING_PHYSICIAN, VR::PN, "WHO^REQUESTED"),
     ]);
-    let obj = InMemDicomObject::from_element_iter([
+    let mut obj = InMemDicomObject::from_element_iter([
         text(tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 100"),
         text(tags::IMAGE_TYPE, VR::CS, "ORIGINAL\\PRIMARY\\AXIAL"),
         text(tags::INSTANCE_CREATION_DATE, VR::DA, "20240115"),
@@ -146,8 +174,14 @@ fn image(sop_class: &str, modality: &str, side: u16, patient: usize, index: usiz
         text(tags::WINDOW_WIDTH, VR::DS, "400"),
         text(tags::RESCALE_INTERCEPT, VR::DS, "-1024"),
         text(tags::RESCALE_SLOPE, VR::DS, "1"),
-        DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::from(pixels)),
     ]);
+    if with_pixels {
+        obj.put(DataElement::new(
+            tags::PIXEL_DATA,
+            VR::OW,
+            PrimitiveValue::from(pixels),
+        ));
+    }
     let file = obj
         .with_meta(FileMetaTableBuilder::new().transfer_syntax("1.2.840.10008.1.2.1"))
         .expect("bench object meta");
@@ -161,6 +195,10 @@ fn mb_per_s(bytes: usize, elapsed: Duration) -> f64 {
 }
 
 fn main() {
+    if std::env::var_os(STREAM_CHILD).is_some() {
+        stream_multi_frame();
+        return;
+    }
     let ct: Vec<Vec<u8>> = (0..CT_OBJECTS)
         .map(|i| image("1.2.840.10008.5.1.4.1.1.2", "CT", 512, i / 50, i))
         .collect();
@@ -205,6 +243,41 @@ fn main() {
     let all_bytes: usize = figures.iter().map(|(b, _)| b).sum();
     let all_time: Duration = figures.iter().map(|(_, t)| *t).sum();
     let wardgate_rate = mb_per_s(all_bytes, all_time);
+
+    // The streaming entry point over the same objects (read through `io::Read` from memory).
+    let mut stream_time = Duration::ZERO;
+    for (name, set) in [("CT 0.5 MB", &ct), ("MR 128 KB", &mr)] {
+        let total: usize = set.iter().map(Vec::len).sum();
+        let mut out = Vec::with_capacity(set[0].len() + 4096);
+        let mut rounds = Vec::new();
+        for _ in 0..ROUNDS {
+            let start = Instant::now();
+            for input in set {
+                out.clear();
+                let outcome = rules
+                    .deidentify_stream(&mut &input[..], &mut out)
+                    .expect("de-identifies");
+                assert!(matches!(outcome, DeidOutcome::Deidentified(_)));
+            }
+            rounds.push(start.elapsed());
+        }
+        rounds.sort();
+        let median = rounds[ROUNDS / 2];
+        println!(
+            "dicom_deid stream {name}: median of {ROUNDS} rounds {:.1} ms: {:.0} MB/s",
+            median.as_secs_f64() * 1e3,
+            mb_per_s(total, median)
+        );
+        stream_time += median;
+    }
+    println!(
+        "dicom_deid: streaming path {:.0} MB/s, slice path {wardgate_rate:.0} MB/s (same objects)",
+        mb_per_s(all_bytes, stream_time)
+    );
+    match std::env::current_exe().map(|exe| Command::new(exe).env(STREAM_CHILD, "1").status()) {
+        Ok(Ok(status)) if status.success() => {}
+        other => println!("dicom_deid stream 2 GiB: child run failed ({other:?})"),
+    }
 
     // Reference: dicom-rs's in-memory object, full parse and write of the same CT set.
     let start = Instant::now();
@@ -259,4 +332,105 @@ fn gdcmanon_rate(ct: &[Vec<u8>], mr: &[Vec<u8>]) -> Option<f64> {
         return None;
     }
     Some(mb_per_s(total, elapsed))
+}
+
+/// Child process: streams a 2 GiB multi-frame object from a generator into `io::sink()`
+/// and prints the rate and the peak resident memory before and after.
+fn stream_multi_frame() {
+    let mut head = image_with("1.2.840.10008.5.1.4.1.1.2.1", "CT", 512, 7, 0, false);
+    let frame = 512u64 * 512 * 2;
+    let bulk = frame * u64::from(FRAMES);
+    // Explicit VR LE: (7FE0,0010) OW, reserved, 32-bit length.
+    head.extend_from_slice(&[0xE0, 0x7F, 0x10, 0x00, b'O', b'W', 0, 0]);
+    head.extend_from_slice(
+        &u32::try_from(bulk)
+            .expect("fits a DICOM length")
+            .to_le_bytes(),
+    );
+    let rules = DicomRules::new(PseudonymKey::from_bytes(&[3; 32]), DeidOptions::default())
+        .expect("bench options");
+    let before = vm_hwm_kib();
+    let mut input = Generator::new(head, bulk);
+    let start = Instant::now();
+    let outcome = rules
+        .deidentify_stream(&mut input, &mut std::io::sink())
+        .expect("de-identifies");
+    let elapsed = start.elapsed();
+    let DeidOutcome::Deidentified(object) = outcome else {
+        panic!("quarantined")
+    };
+    assert!(object.bytes > bulk);
+    let after = vm_hwm_kib();
+    println!(
+        "dicom_deid stream {:.2} GB multi-frame ({FRAMES} frames) generator → io::sink(): {:.0} MB/s; peak RSS (VmHWM) {} before, {} after ({} for the object; default limit {} MiB)",
+        input.total() as f64 / 1e9,
+        input.total() as f64 / 1e6 / elapsed.as_secs_f64(),
+        kib(before),
+        kib(after),
+        match (before, after) {
+            (Some(b), Some(a)) => format!("+{:.1} MiB", a.saturating_sub(b) as f64 / 1024.0),
+            _ => "n/a".to_owned(),
+        },
+        rules.max_header_bytes() / (1024 * 1024),
+    );
+}
+
+fn kib(v: Option<u64>) -> String {
+    v.map_or_else(
+        || "n/a".to_owned(),
+        |k| format!("{:.1} MiB", k as f64 / 1024.0),
+    )
+}
+
+/// Peak resident set size of this process, in KiB (Linux).
+fn vm_hwm_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A reader producing `head`, then `bulk` bytes of a repeating pattern, without holding
+/// them.
+struct Generator {
+    head: Vec<u8>,
+    pattern: Vec<u8>,
+    bulk: u64,
+    at: u64,
+}
+
+impl Generator {
+    fn new(head: Vec<u8>, bulk: u64) -> Generator {
+        let pattern = (0..1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+        Generator {
+            head,
+            pattern,
+            bulk,
+            at: 0,
+        }
+    }
+
+    fn total(&self) -> u64 {
+        self.head.len() as u64 + self.bulk
+    }
+}
+
+impl Read for Generator {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let head = self.head.len() as u64;
+        if self.at < head {
+            let from = &self.head[self.at as usize..];
+            let n = from.len().min(buf.len());
+            buf[..n].copy_from_slice(&from[..n]);
+            self.at += n as u64;
+            return Ok(n);
+        }
+        let left = self.total() - self.at;
+        let offset = ((self.at - head) % self.pattern.len() as u64) as usize;
+        let n = (buf.len() as u64)
+            .min(left)
+            .min((self.pattern.len() - offset) as u64) as usize;
+        buf[..n].copy_from_slice(&self.pattern[offset..offset + n]);
+        self.at += n as u64;
+        Ok(n)
+    }
 }

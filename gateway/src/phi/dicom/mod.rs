@@ -39,6 +39,13 @@
 //! - **Errors** never carry element values, and a failed call's partial output must be
 //!   discarded (it contains only de-identified bytes, but an incomplete object).
 //!
+//! # Streaming
+//! [`DicomRules::deidentify_stream`] and [`DicomRules::deidentify_dataset_stream`] read the
+//! object from an [`std::io::Read`] and write the same bytes as the in-memory entry points
+//! (a test holds them equal over the test corpus), holding at most
+//! [`DicomRules::max_header_bytes`] of the object plus fixed buffers, however large its pixel
+//! data: see [`stream`] for what is held and what passes through.
+//!
 //! # What is not done
 //! Clean Descriptors (113105) is not implemented: descriptions and comments are removed as
 //! the basic profile says, never cleaned and kept. Pixel data is not inspected.
@@ -48,9 +55,10 @@ mod codec;
 pub mod options;
 mod profile;
 mod rewrite;
+mod stream;
 mod values;
 
-use std::io::Write;
+use std::io::{Read, Write};
 
 use wardgate_proto::Pseudonym;
 
@@ -58,7 +66,7 @@ use self::codec::{write_text, Encoding, Reader};
 pub use self::options::{DatePolicy, DeidOptions, SafePrivateTag};
 pub use self::profile::table_e1_1;
 use self::profile::Profile;
-use self::rewrite::{End, Engine, Sink};
+use self::rewrite::{End, Engine, LevelFacts, LevelState, Sink};
 use super::PseudonymKey;
 use dicom_core::{Tag, VR};
 use dicom_dictionary_std::tags;
@@ -67,6 +75,10 @@ use dicom_dictionary_std::tags;
 pub const IMPLEMENTATION_CLASS_UID: &str = "2.25.298382483390422499611559395438451792244";
 /// wardgate's DICOM implementation version name (at most 16 characters).
 pub const IMPLEMENTATION_VERSION_NAME: &str = concat!("WARDGATE_", env!("CARGO_PKG_VERSION"));
+
+/// Default of [`DicomRules::max_header_bytes`]: 64 MiB, room for the largest enhanced
+/// multi-frame headers (per-frame functional groups of thousands of frames) seen in practice.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024 * 1024;
 
 /// Errors of DICOM de-identification. None carries an element value.
 #[derive(Debug, thiserror::Error)]
@@ -105,11 +117,38 @@ pub enum DicomError {
     #[error("DICOM object has no {0}")]
     Missing(&'static str),
     /// The options are invalid.
-    #[error("invalid [dicom.deid] option: {0}")]
+    #[error("invalid [phi.dicom] option: {0}")]
     Config(String),
     /// Writing the output failed.
     #[error("cannot write de-identified DICOM: {0}")]
     Write(#[from] std::io::Error),
+    /// Reading the input failed (streaming entry points).
+    #[error("cannot read DICOM input: {0}")]
+    Read(std::io::Error),
+    /// Streaming: the part of the object that has to be held in memory (everything but
+    /// the bulk data passed through) is larger than [`DicomRules::max_header_bytes`].
+    #[error("DICOM object's attributes other than bulk data exceed the {limit}-byte limit of the streaming path")]
+    HeaderTooLarge {
+        /// The limit in force, in bytes.
+        limit: usize,
+    },
+}
+
+impl DicomError {
+    /// The error with its offset moved by `base` (for errors found in a piece of the input
+    /// read into its own buffer).
+    fn shifted(self, base: usize) -> DicomError {
+        match self {
+            DicomError::Truncated { offset } => DicomError::Truncated {
+                offset: offset.saturating_add(base),
+            },
+            DicomError::Malformed { offset, reason } => DicomError::Malformed {
+                offset: offset.saturating_add(base),
+                reason,
+            },
+            other => other,
+        }
+    }
 }
 
 /// Why an object is not uploaded.
@@ -176,6 +215,33 @@ pub struct DicomRules {
     key: PseudonymKey,
     options: DeidOptions,
     profile: Profile,
+    max_header_bytes: usize,
+}
+
+/// What the top level's facts decided before anything is written.
+struct Plan {
+    sop_class: String,
+    /// The mapped SOP Instance UID.
+    sop_instance: String,
+    patient: Pseudonym,
+    patient_identified: bool,
+    shift_days: Option<i64>,
+    modality: Option<String>,
+}
+
+impl Plan {
+    fn outcome(self, engine: Engine<'_>, bytes: u64) -> DeidOutcome {
+        DeidOutcome::Deidentified(DeidentifiedObject {
+            sop_class_uid: self.sop_class,
+            sop_instance_uid: self.sop_instance,
+            study_instance_uid: engine.study_uid,
+            series_instance_uid: engine.series_uid,
+            patient: self.patient,
+            patient_identified: self.patient_identified,
+            modality: self.modality,
+            bytes,
+        })
+    }
 }
 
 impl DicomRules {
@@ -193,7 +259,26 @@ impl DicomRules {
             key,
             options,
             profile,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
         })
+    }
+
+    /// The same rules with another limit on what the streaming entry points hold in
+    /// memory (see [`DicomRules::max_header_bytes`]).
+    #[must_use]
+    pub fn with_max_header_bytes(mut self, bytes: usize) -> DicomRules {
+        self.max_header_bytes = bytes;
+        self
+    }
+
+    /// The most bytes of an object the streaming entry points hold in memory at once:
+    /// the top level up to the end of the attributes the quarantine decision reads, and
+    /// then any single element that is rewritten rather than copied or dropped whole (a
+    /// kept sequence, a UID, a shifted date). Larger objects are refused with
+    /// [`DicomError::HeaderTooLarge`]. Default [`DEFAULT_MAX_HEADER_BYTES`].
+    #[must_use]
+    pub fn max_header_bytes(&self) -> usize {
+        self.max_header_bytes
     }
 
     /// The options in force.
@@ -254,6 +339,45 @@ impl DicomRules {
         )
     }
 
+    /// De-identifies a DICOM Part 10 file (preamble optional) read from `input`, like
+    /// [`DicomRules::deidentify`] and with the same output, holding at most
+    /// [`DicomRules::max_header_bytes`] of it in memory: pixel data and other large values
+    /// the rules copy or drop whole pass through in fixed-size chunks. The input is read to
+    /// its end, except for a quarantined object, whose reading stops once that is decided.
+    ///
+    /// # Errors
+    /// As [`DicomRules::deidentify`], and [`DicomError::Read`] if reading fails,
+    /// [`DicomError::HeaderTooLarge`] if the object needs more memory than allowed. On
+    /// error, discard whatever was written.
+    pub fn deidentify_stream(
+        &self,
+        input: &mut impl Read,
+        output: &mut impl Write,
+    ) -> Result<DeidOutcome, DicomError> {
+        stream::deidentify_file(self, input, output)
+    }
+
+    /// De-identifies a bare data set encoded in `transfer_syntax_uid` read from `input`,
+    /// like [`DicomRules::deidentify_dataset`] and with the same output, with the memory
+    /// bound and the reading of [`DicomRules::deidentify_stream`] (to the end of the input,
+    /// which is the end of the data set, unless the object is quarantined).
+    ///
+    /// # Errors
+    /// As [`DicomRules::deidentify_stream`].
+    pub fn deidentify_dataset_stream(
+        &self,
+        input: &mut impl Read,
+        transfer_syntax_uid: &str,
+        output: &mut impl Write,
+    ) -> Result<DeidOutcome, DicomError> {
+        stream::deidentify_dataset(
+            self,
+            input,
+            transfer_syntax_uid.trim_end_matches(['\0', ' ']),
+            output,
+        )
+    }
+
     fn rewrite(
         &self,
         dataset: &[u8],
@@ -268,8 +392,34 @@ impl DicomRules {
             End::Slice,
             tags::RECOGNIZABLE_VISUAL_FEATURES,
         )?;
-        if let Some(reason) = self.quarantine_reason(&facts) {
-            return Ok(DeidOutcome::Quarantine { reason });
+        let plan = match self.plan(&facts, meta_sop_class)? {
+            Ok(plan) => plan,
+            Err(reason) => return Ok(DeidOutcome::Quarantine { reason }),
+        };
+        let mut sink = Sink::new(output);
+        let (mut engine, mut top) = self.begin(&plan, enc, transfer_syntax, &mut sink);
+        engine.level(
+            &mut Reader::new(dataset, 0),
+            enc,
+            End::Slice,
+            &mut top,
+            &mut sink,
+        )?;
+        top.finish(&mut sink);
+        sink.flush()?;
+        let bytes = sink.written();
+        Ok(plan.outcome(engine, bytes))
+    }
+
+    /// Decides, from the facts of the top level, whether the object is quarantined (the
+    /// inner `Err`), and otherwise its identity, pseudonym and date shift.
+    fn plan(
+        &self,
+        facts: &LevelFacts<'_>,
+        meta_sop_class: Option<&str>,
+    ) -> Result<Result<Plan, QuarantineReason>, DicomError> {
+        if let Some(reason) = self.quarantine_reason(facts) {
+            return Ok(Err(reason));
         }
         let text = |v: Option<&[u8]>| {
             v.map(values::trim_padding)
@@ -292,35 +442,39 @@ impl DicomRules {
         let shift_days = (self.options.dates == DatePolicy::Shift).then(|| {
             values::date_shift_days(&self.key, &patient.0, self.options.max_date_shift_days)
         });
-
-        let mut sink = Sink::new(output);
-        write_file_meta(&mut sink.buf, &sop_class, &new_instance, transfer_syntax);
-        let mut insertions = rewrite::insertions(self, enc, &patient.0);
-        let mut engine = Engine {
-            rules: self,
+        Ok(Ok(Plan {
+            sop_class,
+            sop_instance: new_instance,
+            patient,
+            patient_identified,
             shift_days,
+            modality: text(facts.modality),
+        }))
+    }
+
+    /// Writes the file meta to `sink` and returns the engine and top-level state that
+    /// rewrite the data set.
+    fn begin<W: Write>(
+        &self,
+        plan: &Plan,
+        enc: Encoding,
+        transfer_syntax: &str,
+        sink: &mut Sink<'_, W>,
+    ) -> (Engine<'_>, LevelState) {
+        write_file_meta(
+            &mut sink.buf,
+            &plan.sop_class,
+            &plan.sop_instance,
+            transfer_syntax,
+        );
+        let top = LevelState::top(rewrite::insertions(self, enc, &plan.patient.0));
+        let engine = Engine {
+            rules: self,
+            shift_days: plan.shift_days,
             study_uid: None,
             series_uid: None,
         };
-        engine.level(
-            &mut Reader::new(dataset, 0),
-            enc,
-            End::Slice,
-            0,
-            Some(&mut insertions),
-            &mut sink,
-        )?;
-        sink.flush()?;
-        Ok(DeidOutcome::Deidentified(DeidentifiedObject {
-            sop_class_uid: sop_class,
-            sop_instance_uid: new_instance,
-            study_instance_uid: engine.study_uid,
-            series_instance_uid: engine.series_uid,
-            patient,
-            patient_identified,
-            modality: text(facts.modality),
-            bytes: sink.written(),
-        }))
+        (engine, top)
     }
 
     fn quarantine_reason(&self, facts: &rewrite::LevelFacts<'_>) -> Option<QuarantineReason> {
@@ -400,6 +554,7 @@ impl std::fmt::Debug for DicomRules {
         f.debug_struct("DicomRules")
             .field("key", &self.key)
             .field("options", &self.options)
+            .field("max_header_bytes", &self.max_header_bytes)
             .finish_non_exhaustive()
     }
 }

@@ -1,4 +1,4 @@
-//! Per-site de-identification options, embedded in the gateway config as `[dicom.deid]`.
+//! Per-site de-identification options, embedded in the gateway config as `[phi.dicom]`.
 //!
 //! Invariant: every option that changes what leaves the gateway is recorded in the output
 //! object (DeidentificationMethod text and one DeidentificationMethodCodeSequence item per
@@ -41,7 +41,7 @@ pub struct SafePrivateTag {
     pub element: u8,
 }
 
-/// The de-identification options of a site (`[dicom.deid]`). Defaults are the basic
+/// The de-identification options of a site (`[phi.dicom]`). Defaults are the basic
 /// profile with nothing retained.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -76,6 +76,17 @@ pub struct DeidOptions {
     /// pixels downstream. Default false.
     #[serde(default)]
     pub allow_burned_in_annotation: bool,
+    /// Disk space for quarantined objects, in bytes: they are kept, attributes
+    /// de-identified (only their pixels may still show text), in
+    /// `<data_dir>/dicom-quarantine`, never uploaded, for the site to review. 0 keeps
+    /// none (each is only reported). When full, further such objects are refused "out of
+    /// resources" so that none is dropped silently. Default 1 GiB.
+    #[serde(default = "default_quarantine_budget_bytes")]
+    pub quarantine_budget_bytes: u64,
+}
+
+const fn default_quarantine_budget_bytes() -> u64 {
+    1024 * 1024 * 1024
 }
 
 const fn default_dates() -> DatePolicy {
@@ -100,6 +111,7 @@ impl Default for DeidOptions {
             safe_private: Vec::new(),
             risky_modalities: default_risky_modalities(),
             allow_burned_in_annotation: false,
+            quarantine_budget_bytes: default_quarantine_budget_bytes(),
         }
     }
 }

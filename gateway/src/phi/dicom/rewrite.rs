@@ -12,6 +12,13 @@
 //! - Before any byte is written, a header-only scan of the top level has decided
 //!   quarantine, the patient pseudonym and the date shift; a quarantined object writes
 //!   nothing.
+//! - A decision reads an element's value only through the `value` function it is given
+//!   ([`Engine::decide_element`]), and says so (`None`) when it needs a value it was not
+//!   given. The streaming path ([`super::stream`]) relies on this: an element decided
+//!   without its value is carried out without holding the value ([`Step::Copy`],
+//!   [`Step::Replace`]); every other element is read whole and goes through
+//!   [`Engine::level`] like the in-memory path. Both paths share one [`LevelState`] per
+//!   level, so they write the same bytes.
 
 use std::io::Write;
 
@@ -208,14 +215,22 @@ impl<'w, W: Write> Sink<'w, W> {
         Ok(())
     }
 
+    /// Writes out what is buffered once it is large; output bytes are the same either way.
+    pub(crate) fn flush_if_full(&mut self) -> Result<(), DicomError> {
+        if self.buf.len() >= 4 * DIRECT_WRITE {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
     /// Bytes written so far (after a flush).
     pub(crate) fn written(&self) -> u64 {
         self.written
     }
 }
 
-/// What to write for one element.
-enum Decision {
+/// What the rules decide for one element.
+pub(crate) enum Decision {
     Drop,
     CopyRaw,
     Empty,
@@ -223,6 +238,76 @@ enum Decision {
     MapUid,
     Recurse,
     Text(String),
+}
+
+/// How a decision is carried out, grouped by what it needs of the element's value: a
+/// streaming caller can carry out [`Step::Copy`] and [`Step::Replace`] without holding the
+/// value, the other two read it.
+pub(crate) enum Step {
+    /// Header and value are copied as they are.
+    Copy,
+    /// The value is skipped, never looked at, and the replacement written instead.
+    Replace(Replacement),
+    /// The value is a UID list, written mapped.
+    MapUid,
+    /// The value is a sequence whose items go through the rules again.
+    Recurse,
+}
+
+/// What replaces an element whose value is not looked at.
+pub(crate) enum Replacement {
+    /// Nothing: the element is removed.
+    Nothing,
+    /// The element with an empty value.
+    Empty,
+    /// A sequence with one empty item (the dummy of a sequence).
+    EmptyItem,
+    /// A fixed text value (a dummy, or `ANONYMOUS`).
+    Fixed(&'static [u8]),
+    /// A binary dummy of this many zero bytes.
+    Zeros(u32),
+    /// A computed text value.
+    Text(String),
+}
+
+impl Decision {
+    fn step(self, h: &Header) -> Step {
+        match self {
+            Decision::Drop => Step::Replace(Replacement::Nothing),
+            Decision::CopyRaw => Step::Copy,
+            Decision::Empty => Step::Replace(Replacement::Empty),
+            // One empty item: valid for a type 1 sequence, and carries nothing.
+            Decision::Dummy if h.vr == VR::SQ => Step::Replace(Replacement::EmptyItem),
+            Decision::Dummy | Decision::MapUid if h.vr == VR::UI => Step::MapUid,
+            Decision::Dummy => Step::Replace(match dummy(h.vr) {
+                DummyValue::Text(t) => Replacement::Fixed(t),
+                DummyValue::Zeros(n) => Replacement::Zeros(n),
+            }),
+            Decision::MapUid => Step::Replace(Replacement::Fixed(b"ANONYMOUS")),
+            Decision::Text(text) => Step::Replace(Replacement::Text(text)),
+            Decision::Recurse => Step::Recurse,
+        }
+    }
+}
+
+impl Replacement {
+    /// Appends the replacement of the element `h` to `out`.
+    pub(crate) fn write(self, h: &Header, enc: Encoding, out: &mut Vec<u8>) {
+        match self {
+            Replacement::Nothing => {}
+            Replacement::Empty => write_header(out, enc, h.tag, h.vr, 0),
+            Replacement::EmptyItem => {
+                write_header(out, enc, h.tag, h.vr, 8);
+                write_item_header(out, ITEM, 0);
+            }
+            Replacement::Fixed(text) => write_text(out, enc, h.tag, h.vr, text),
+            Replacement::Zeros(n) => {
+                write_header(out, enc, h.tag, h.vr, n);
+                out.extend(std::iter::repeat_n(0u8, n as usize));
+            }
+            Replacement::Text(text) => write_text(out, enc, h.tag, h.vr, text.as_bytes()),
+        }
+    }
 }
 
 /// Per-object state of one rewrite.
@@ -238,45 +323,89 @@ pub(crate) struct Engine<'r> {
 /// Elements wardgate writes itself at the top level, in tag order, with their bytes.
 pub(crate) type Insertions = Vec<(Tag, Vec<u8>)>;
 
-/// Private creators seen in the current level: (group, block) → creator.
-type Creators<'a> = Vec<(u16, u16, &'a [u8])>;
+/// Private creators seen in the current level: (group, block, creator). Owned, so a
+/// level's state outlives the buffer it was read from (the streaming path reads the top
+/// level in pieces).
+type Creators = Vec<(u16, u16, Vec<u8>)>;
+
+/// What a level carries from one element to the next.
+pub(crate) struct LevelState {
+    creators: Creators,
+    /// The pseudonym of the patient a nested item names itself.
+    pseudonym: Option<String>,
+    /// Top level only: the elements wardgate inserts, not yet written.
+    insertions: Option<Insertions>,
+    depth: usize,
+}
+
+impl LevelState {
+    /// The state of the top level, which receives `insertions` in tag order; they replace
+    /// input elements with the same tag.
+    pub(crate) fn top(insertions: Insertions) -> LevelState {
+        LevelState {
+            creators: Vec::new(),
+            pseudonym: None,
+            insertions: Some(insertions),
+            depth: 0,
+        }
+    }
+
+    /// Ends the level: writes the insertions that sort after every element of the input.
+    pub(crate) fn finish<W: Write>(&mut self, sink: &mut Sink<'_, W>) {
+        if let Some(ins) = self.insertions.as_mut() {
+            flush_insertions(ins, Tag(0xFFFF, 0xFFFF), sink);
+            // Anything left has a tag above every real one: write it too.
+            for (_, bytes) in ins.drain(..) {
+                sink.buf.extend_from_slice(&bytes);
+            }
+        }
+    }
+}
 
 impl Engine<'_> {
-    /// Rewrites the elements of one level. `insertions` (top level only) are written in tag
-    /// order and replace input elements with the same tag.
-    pub(crate) fn level<W: Write>(
-        &mut self,
-        r: &mut Reader<'_>,
+    /// The state of a nested level (an item's data set) starting at `r`: the patient of
+    /// the item, if it names one (e.g. a referenced patient), gets its own pseudonym.
+    fn nested_level(
+        &self,
+        r: &Reader<'_>,
         enc: Encoding,
         end: End,
         depth: usize,
-        mut insertions: Option<&mut Insertions>,
-        sink: &mut Sink<'_, W>,
-    ) -> Result<(), DicomError> {
+    ) -> Result<LevelState, DicomError> {
         if depth > MAX_DEPTH {
             return Err(DicomError::Malformed {
                 offset: r.pos(),
                 reason: "sequences nested too deeply",
             });
         }
-        let top = insertions.is_some();
-        // Nested levels: the patient of this item, if it names one (e.g. a referenced
-        // patient), gets its own pseudonym.
-        let nested_pseudonym = if top {
-            None
-        } else {
-            let mut probe = Reader::new(r.buf(), r.pos());
-            let facts = scan_level(
-                &mut probe,
-                enc,
-                end,
-                tags::ISSUER_OF_PATIENT_ID_QUALIFIERS_SEQUENCE,
-            )?;
-            facts
-                .patient_id()
-                .map(|id| self.rules.key.pseudonym(&id, &facts.authority()).0)
-        };
-        let mut creators: Creators<'_> = Vec::new();
+        let mut probe = Reader::new(r.buf(), r.pos());
+        let facts = scan_level(
+            &mut probe,
+            enc,
+            end,
+            tags::ISSUER_OF_PATIENT_ID_QUALIFIERS_SEQUENCE,
+        )?;
+        let pseudonym = facts
+            .patient_id()
+            .map(|id| self.rules.key.pseudonym(&id, &facts.authority()).0);
+        Ok(LevelState {
+            creators: Vec::new(),
+            pseudonym,
+            insertions: None,
+            depth,
+        })
+    }
+
+    /// Rewrites the elements of one level from `r` until its end, continuing `state` (so
+    /// the top level may be fed in several pieces).
+    pub(crate) fn level<W: Write>(
+        &mut self,
+        r: &mut Reader<'_>,
+        enc: Encoding,
+        end: End,
+        state: &mut LevelState,
+        sink: &mut Sink<'_, W>,
+    ) -> Result<(), DicomError> {
         loop {
             if end == End::Slice && r.at_end() {
                 break;
@@ -285,52 +414,71 @@ impl Engine<'_> {
             if end == End::Delimiter && h.tag == ITEM_DELIMITER {
                 break;
             }
-            if h.tag.0 == 0xFFFE {
-                return Err(DicomError::Malformed {
+            let (buf, at) = (r.buf(), r.pos());
+            let step = self
+                .decide_element(&h, enc, state, sink, move || {
+                    Reader::new(buf, at).value(&h).map(Some)
+                })?
+                // The value is always given here, so a decision is always reached.
+                .ok_or(DicomError::Malformed {
                     offset: h.start,
-                    reason: "unexpected item or delimiter in a data set",
-                });
-            }
-            let mut replaced_by_insertion = false;
-            if let Some(ins) = insertions.as_deref_mut() {
-                flush_insertions(ins, h.tag, sink);
-                replaced_by_insertion = INSERTED_TAGS.contains(&h.tag);
-            }
-            let decision = if replaced_by_insertion {
-                Decision::Drop
-            } else {
-                self.decide(r, &h, enc, &mut creators, nested_pseudonym.as_deref())?
-            };
-            self.apply(decision, r, &h, enc, depth, top, sink)?;
-        }
-        if let Some(ins) = insertions {
-            flush_insertions(ins, Tag(0xFFFF, 0xFFFF), sink);
-            // Anything left has a tag above every real one: write it too.
-            for (_, bytes) in ins.drain(..) {
-                sink.buf.extend_from_slice(&bytes);
-            }
+                    reason: "element value not available",
+                })?;
+            let top = state.insertions.is_some();
+            self.apply(step, r, &h, enc, state.depth, top, sink)?;
+            sink.flush_if_full()?;
         }
         Ok(())
     }
 
-    /// Decides what happens to one element. May read (but not consume) its value.
-    fn decide<'a>(
+    /// Decides one element of a level whose header has been read, after writing the
+    /// insertions due before it. `value` gives the element's value, or `None` if the caller
+    /// does not hold it; the result is then `None` if the decision depends on the value.
+    pub(crate) fn decide_element<'a, W: Write>(
         &self,
-        r: &Reader<'a>,
         h: &Header,
         enc: Encoding,
-        creators: &mut Creators<'a>,
+        state: &mut LevelState,
+        sink: &mut Sink<'_, W>,
+        value: impl Fn() -> Result<Option<&'a [u8]>, DicomError>,
+    ) -> Result<Option<Step>, DicomError> {
+        if h.tag.0 == 0xFFFE {
+            return Err(DicomError::Malformed {
+                offset: h.start,
+                reason: "unexpected item or delimiter in a data set",
+            });
+        }
+        if let Some(ins) = state.insertions.as_mut() {
+            flush_insertions(ins, h.tag, sink);
+            if INSERTED_TAGS.contains(&h.tag) {
+                return Ok(Some(Decision::Drop.step(h)));
+            }
+        }
+        let decision = self.decide(
+            h,
+            enc,
+            &mut state.creators,
+            state.pseudonym.as_deref(),
+            value,
+        )?;
+        Ok(decision.map(|d| d.step(h)))
+    }
+
+    /// Decides what happens to one element; `None` if that depends on a value `value`
+    /// does not give.
+    fn decide<'a>(
+        &self,
+        h: &Header,
+        enc: Encoding,
+        creators: &mut Creators,
         pseudonym: Option<&str>,
-    ) -> Result<Decision, DicomError> {
+        value: impl Fn() -> Result<Option<&'a [u8]>, DicomError>,
+    ) -> Result<Option<Decision>, DicomError> {
         let Tag(group, element) = h.tag;
-        let value = || -> Result<&'a [u8], DicomError> {
-            let mut peek = Reader::new(r.buf(), r.pos());
-            peek.value(h)
-        };
         // Group lengths are obsolete and would be wrong after the rewrite; groups below
         // 0008 (command, file meta, directory) do not belong in a stored data set.
         if element == 0x0000 || group < 0x0008 && group != 0x0004 {
-            return Ok(Decision::Drop);
+            return Ok(Some(Decision::Drop));
         }
         if group % 2 == 1 {
             return self.decide_private(h, creators, value);
@@ -348,19 +496,22 @@ impl Engine<'_> {
                 known,
                 VR::US | VR::SS | VR::UL | VR::SL | VR::FL | VR::FD | VR::DS | VR::IS | VR::CS
             );
-            let keep = harmless
-                && !h.undefined()
-                && self.rules.profile.action(h.tag).is_none()
-                && !looks_like_sequence(value()?);
-            return Ok(if keep {
+            let keep =
+                harmless && !h.undefined() && self.rules.profile.action(h.tag).is_none() && {
+                    let Some(v) = value()? else {
+                        return Ok(None);
+                    };
+                    !looks_like_sequence(v)
+                };
+            return Ok(Some(if keep {
                 Decision::CopyRaw
             } else {
                 Decision::Drop
-            });
+            }));
         }
         if h.tag == tags::PATIENT_ID || h.tag == tags::PATIENT_NAME {
             if let Some(p) = pseudonym {
-                return Ok(Decision::Text(p.to_owned()));
+                return Ok(Some(Decision::Text(p.to_owned())));
             }
         }
         let action = self.rules.profile.action(h.tag);
@@ -374,91 +525,109 @@ impl Engine<'_> {
             None if h.vr == VR::PN => Resolved::Empty,
             None => Resolved::Keep,
         };
-        Ok(match resolved {
+        Ok(Some(match resolved {
             Resolved::Remove => Decision::Drop,
             Resolved::Empty => Decision::Empty,
             Resolved::Dummy => Decision::Dummy,
             Resolved::MapUid if h.vr == VR::SQ => Decision::Recurse,
             Resolved::MapUid => Decision::MapUid,
             Resolved::Keep if h.vr == VR::SQ => Decision::Recurse,
-            Resolved::Keep if h.tag == tags::PATIENT_AGE => match values::cap_age(value()?) {
-                Some(age) => Decision::Text(age),
-                None => Decision::Empty,
-            },
+            Resolved::Keep if h.tag == tags::PATIENT_AGE => {
+                let Some(age) = value()? else {
+                    return Ok(None);
+                };
+                match values::cap_age(age) {
+                    Some(age) => Decision::Text(age),
+                    None => Decision::Empty,
+                }
+            }
             Resolved::Keep => Decision::CopyRaw,
-        })
+        }))
     }
 
     fn decide_private<'a>(
         &self,
         h: &Header,
-        creators: &mut Creators<'a>,
-        value: impl Fn() -> Result<&'a [u8], DicomError>,
-    ) -> Result<Decision, DicomError> {
+        creators: &mut Creators,
+        value: impl Fn() -> Result<Option<&'a [u8]>, DicomError>,
+    ) -> Result<Option<Decision>, DicomError> {
         let Tag(group, element) = h.tag;
         let safe = &self.rules.options.safe_private;
         if group <= 0x0007 || group == 0xFFFF || (0x0001..=0x000F).contains(&element) {
-            return Ok(Decision::Drop);
+            return Ok(Some(Decision::Drop));
         }
         if (0x0010..=0x00FF).contains(&element) {
             if h.undefined() {
-                return Ok(Decision::Drop);
+                return Ok(Some(Decision::Drop));
             }
-            let creator = trim_padding(value()?);
-            creators.push((group, element, creator));
+            let Some(raw) = value()? else {
+                return Ok(None);
+            };
+            let creator = trim_padding(raw);
             let needed = safe
                 .iter()
                 .any(|s| s.group == group && s.creator.trim_end().as_bytes() == creator);
-            return Ok(if needed {
+            creators.push((group, element, creator.to_vec()));
+            return Ok(Some(if needed {
                 Decision::CopyRaw
             } else {
                 Decision::Drop
-            });
+            }));
         }
         let block = element >> 8;
-        let Some(&(_, _, creator)) = creators
+        let Some((_, _, creator)) = creators
             .iter()
             .rev()
             .find(|(g, b, _)| *g == group && *b == block)
         else {
-            return Ok(Decision::Drop);
+            return Ok(Some(Decision::Drop));
         };
         let listed = safe.iter().any(|s| {
             s.group == group
                 && u16::from(s.element) == element & 0xFF
-                && s.creator.trim_end().as_bytes() == creator
+                && s.creator.trim_end().as_bytes() == creator.as_slice()
         });
         // A safe-listed element is kept only as a plain value: a sequence could hold anything.
-        if !listed || h.vr == VR::SQ || h.undefined() || looks_like_sequence(value()?) {
-            return Ok(Decision::Drop);
+        if !listed || h.vr == VR::SQ || h.undefined() {
+            return Ok(Some(Decision::Drop));
         }
-        Ok(Decision::CopyRaw)
+        let Some(v) = value()? else {
+            return Ok(None);
+        };
+        Ok(Some(if looks_like_sequence(v) {
+            Decision::Drop
+        } else {
+            Decision::CopyRaw
+        }))
     }
 
     fn decide_date<'a>(
         &self,
         h: &Header,
         action: Option<Action>,
-        value: impl Fn() -> Result<&'a [u8], DicomError>,
-    ) -> Result<Decision, DicomError> {
+        value: impl Fn() -> Result<Option<&'a [u8]>, DicomError>,
+    ) -> Result<Option<Decision>, DicomError> {
         if h.tag == tags::PATIENT_BIRTH_DATE {
             // Never shifted or kept: with the shift known from one real date it would give
             // the real birth date back.
-            return Ok(Decision::Empty);
+            return Ok(Some(Decision::Empty));
         }
         if h.tag == tags::PATIENT_BIRTH_TIME || h.undefined() {
-            return Ok(Decision::Drop);
+            return Ok(Some(Decision::Drop));
         }
-        Ok(match (self.rules.options.dates, self.shift_days) {
+        Ok(Some(match (self.rules.options.dates, self.shift_days) {
             (DatePolicy::Keep, _) => Decision::CopyRaw,
             (DatePolicy::Shift, Some(days)) => {
-                let shifted = match h.vr {
-                    VR::DA => values::shift_da(value()?, days),
-                    VR::DT => values::shift_dt(value()?, days),
+                let shift: fn(&[u8], i64) -> Option<String> = match h.vr {
+                    VR::DA => values::shift_da,
+                    VR::DT => values::shift_dt,
                     // A whole-day shift leaves the time of day as it is.
-                    _ => return Ok(Decision::CopyRaw),
+                    _ => return Ok(Some(Decision::CopyRaw)),
                 };
-                shifted.map_or(Decision::Empty, Decision::Text)
+                let Some(v) = value()? else {
+                    return Ok(None);
+                };
+                shift(v, days).map_or(Decision::Empty, Decision::Text)
             }
             _ => match action.map(Action::resolve) {
                 None => Decision::Empty,
@@ -469,13 +638,13 @@ impl Engine<'_> {
                 Some(Resolved::Empty) => Decision::Empty,
                 Some(Resolved::Dummy | Resolved::MapUid) => Decision::Dummy,
             },
-        })
+        }))
     }
 
     #[allow(clippy::too_many_arguments)]
     fn apply<W: Write>(
         &mut self,
-        decision: Decision,
+        step: Step,
         r: &mut Reader<'_>,
         h: &Header,
         enc: Encoding,
@@ -483,47 +652,18 @@ impl Engine<'_> {
         top: bool,
         sink: &mut Sink<'_, W>,
     ) -> Result<(), DicomError> {
-        let is_sequence = h.vr == VR::SQ;
-        match decision {
-            Decision::Drop => r.skip_value(h, nested_encoding(h, enc), depth)?,
-            Decision::CopyRaw => {
+        match step {
+            Step::Copy => {
                 let start = h.start;
                 r.skip_value(h, nested_encoding(h, enc), depth)?;
                 sink.raw(&r.buf()[start..r.pos()])?;
             }
-            Decision::Empty => {
+            Step::Replace(replacement) => {
                 r.skip_value(h, nested_encoding(h, enc), depth)?;
-                write_header(&mut sink.buf, enc, h.tag, h.vr, 0);
+                replacement.write(h, enc, &mut sink.buf);
             }
-            Decision::Dummy if is_sequence => {
-                r.skip_value(h, nested_encoding(h, enc), depth)?;
-                // One empty item: valid for a type 1 sequence, and carries nothing.
-                write_header(&mut sink.buf, enc, h.tag, h.vr, 8);
-                write_item_header(&mut sink.buf, ITEM, 0);
-            }
-            Decision::Dummy if h.vr == VR::UI => {
-                self.write_mapped_uid(r, h, enc, top, sink)?;
-            }
-            Decision::Dummy => {
-                r.skip_value(h, nested_encoding(h, enc), depth)?;
-                match dummy(h.vr) {
-                    DummyValue::Text(t) => write_text(&mut sink.buf, enc, h.tag, h.vr, t),
-                    DummyValue::Zeros(n) => {
-                        write_header(&mut sink.buf, enc, h.tag, h.vr, n);
-                        sink.buf.extend(std::iter::repeat_n(0u8, n as usize));
-                    }
-                }
-            }
-            Decision::MapUid if h.vr == VR::UI => self.write_mapped_uid(r, h, enc, top, sink)?,
-            Decision::MapUid => {
-                r.skip_value(h, nested_encoding(h, enc), depth)?;
-                write_text(&mut sink.buf, enc, h.tag, h.vr, b"ANONYMOUS");
-            }
-            Decision::Text(text) => {
-                r.skip_value(h, nested_encoding(h, enc), depth)?;
-                write_text(&mut sink.buf, enc, h.tag, h.vr, text.as_bytes());
-            }
-            Decision::Recurse => self.sequence(r, h, enc, depth, sink)?,
+            Step::MapUid => self.write_mapped_uid(r, h, enc, top, sink)?,
+            Step::Recurse => self.sequence(r, h, enc, depth, sink)?,
         }
         Ok(())
     }
@@ -592,7 +732,8 @@ impl Engine<'_> {
             }
             write_item_header(&mut sink.buf, ITEM, UNDEFINED);
             if item.undefined() {
-                self.level(&mut items, enc, End::Delimiter, depth + 1, None, sink)?;
+                let mut state = self.nested_level(&items, enc, End::Delimiter, depth + 1)?;
+                self.level(&mut items, enc, End::Delimiter, &mut state, sink)?;
             } else {
                 let item_end = item
                     .value_start
@@ -600,17 +741,15 @@ impl Engine<'_> {
                     .filter(|&e| e <= items.buf().len())
                     .ok_or(DicomError::Truncated { offset: item.start })?;
                 let mut inner = Reader::new(&items.buf()[..item_end], item.value_start);
-                self.level(&mut inner, enc, End::Slice, depth + 1, None, sink)?;
+                let mut state = self.nested_level(&inner, enc, End::Slice, depth + 1)?;
+                self.level(&mut inner, enc, End::Slice, &mut state, sink)?;
                 items.seek(item_end);
             }
             write_item_header(&mut sink.buf, ITEM_DELIMITER, 0);
         }
         write_item_header(&mut sink.buf, SEQUENCE_DELIMITER, 0);
         r.seek(items.pos());
-        if sink.buf.len() >= 4 * DIRECT_WRITE {
-            sink.flush()?;
-        }
-        Ok(())
+        sink.flush_if_full()
     }
 }
 
