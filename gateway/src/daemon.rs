@@ -44,6 +44,7 @@ use crate::uplink::mqtt;
 use crate::uplink::UplinkStatus;
 
 use self::alerts::Alerts;
+use self::imaging::start_imaging;
 use self::status_source::GatewayStatus;
 
 /// Spool meta key of the learned patient-name tokens (keyed hashes, no plaintext).
@@ -86,6 +87,9 @@ pub enum DaemonError {
     /// The agent API could not start (certificates, token files, bind).
     #[error("agent_api: {0}")]
     AgentApi(String),
+    /// The imaging path (outbox, uploader, DICOM receiver) could not start.
+    #[error("imaging: {0}")]
+    Imaging(String),
     /// The status endpoint could not start (token file, TLS, bind).
     #[error("status: {0}")]
     Status(String),
@@ -102,6 +106,7 @@ pub struct Gateway {
     hl7_addr: SocketAddr,
     agent_addr: Option<SocketAddr>,
     status_addr: Option<SocketAddr>,
+    dicom_addr: Option<SocketAddr>,
     spool: Spool,
     shutdown: watch::Sender<bool>,
     listener_task: JoinHandle<()>,
@@ -241,7 +246,7 @@ impl Gateway {
         };
 
         let hl7_stats = Arc::new(ListenerStats::new());
-        let status = GatewayStatus {
+        let mut status = GatewayStatus {
             gateway_id: config.gateway.id.clone(),
             started_at_ms: unix_ms(),
             spool: spool.clone(),
@@ -249,6 +254,7 @@ impl Gateway {
             hl7: hl7_stats.clone(),
             registry: registry.clone(),
             alerts: alerts.clone(),
+            imaging: None,
         };
         let mut servers = Vec::new();
 
@@ -285,6 +291,13 @@ impl Gateway {
             }
             None => None,
         };
+
+        // Imaging: the bulk upload outbox and its QUIC sender, and the DICOM receiver
+        // that de-identifies into it.
+        let imaging = start_imaging(&config, &key, &registry, &alerts, &shutdown_rx).await?;
+        let dicom_addr = imaging.dicom_addr;
+        servers.extend(imaging.tasks);
+        status.imaging = imaging.handles;
 
         // The device plane: Modbus pollers and log followers, under config reloads and
         // the cloud's allow-listed settings.
@@ -380,6 +393,7 @@ impl Gateway {
             hl7_addr,
             agent_addr,
             status_addr,
+            dicom_addr,
             spool,
             shutdown,
             listener_task,
@@ -417,6 +431,12 @@ impl Gateway {
     #[must_use]
     pub fn agent_addr(&self) -> Option<SocketAddr> {
         self.agent_addr
+    }
+
+    /// The DICOM receiver's address, when it is configured.
+    #[must_use]
+    pub fn dicom_addr(&self) -> Option<SocketAddr> {
+        self.dicom_addr
     }
 
     /// The status endpoint's address, when it is configured.
@@ -584,6 +604,7 @@ where
 }
 
 pub mod alerts;
+mod imaging;
 pub mod plane;
 pub mod reload;
 pub mod status_source;

@@ -71,7 +71,7 @@ enum Command {
         /// How many simulated monitors.
         #[arg(long, default_value_t = wardgate::demo::DEFAULT_MONITORS)]
         monitors: usize,
-        /// Leave out the simulated Modbus chiller and mapping-system log.
+        /// Leave out the simulated Modbus chiller, mapping-system log and CT scanner (imaging).
         #[arg(long)]
         no_devices: bool,
     },

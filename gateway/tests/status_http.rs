@@ -82,6 +82,7 @@ impl StatusSource for FakeSource {
                 messages_accepted: 99,
                 ..Hl7Figures::default()
             },
+            imaging: None,
             patches: None,
             alerts: vec![Alert {
                 at_ms: NOW_MS - 5_000,

@@ -333,108 +333,69 @@ impl Outbox {
     pub fn insert(
         &self,
         file: NewFile,
-        content: impl Read,
+        mut content: impl Read,
         now_ms: u64,
     ) -> Result<Manifest, OutboxError> {
-        if file.device.len() > MAX_DEVICE_LEN {
+        let mut pending = self.begin(file.kind, file.device, file.compress, now_ms)?;
+        match io::copy(&mut content, &mut pending) {
+            Ok(_) => pending.commit(file.metadata),
+            Err(e) => Err(pending.write_error(e)),
+        }
+    }
+
+    /// Starts a new outbox file that the caller writes (it implements [`Write`]), for
+    /// producers that write rather than being read (the DICOM de-identifier). Nothing is
+    /// in the outbox until [`PendingFile::commit`] returns; dropping the pending file
+    /// removes what was written and frees its share of the budget.
+    ///
+    /// # Errors
+    /// An invalid device id, or the temporary file cannot be created.
+    pub fn begin(
+        &self,
+        kind: FileKind,
+        device: String,
+        compress: bool,
+        now_ms: u64,
+    ) -> Result<PendingFile<'_>, OutboxError> {
+        if device.len() > MAX_DEVICE_LEN {
             return Err(OutboxError::Invalid(format!(
                 "device id longer than {MAX_DEVICE_LEN} bytes"
-            )));
-        }
-        let mut metadata = file.metadata;
-        if file.compress {
-            metadata.insert(CONTENT_ENCODING_KEY.into(), "gzip".into());
-        }
-        let metadata_len = serde_json::to_vec(&metadata).map_or(usize::MAX, |v| v.len());
-        if metadata_len > MAX_METADATA_LEN {
-            return Err(OutboxError::Invalid(format!(
-                "metadata longer than {MAX_METADATA_LEN} bytes as JSON"
             )));
         }
         let id = new_id(now_ms)?;
         let tmp_data = self.dir.join(format!(".tmp-{id}.data"));
         let tmp_manifest = self.dir.join(format!(".tmp-{id}.json"));
-        let result = self.insert_inner(
-            &id,
-            &tmp_data,
-            &tmp_manifest,
-            file.kind,
-            file.device,
-            metadata,
-            file.compress,
-            content,
-            now_ms,
-        );
-        if result.is_err() {
-            remove_quietly(&tmp_data);
-            remove_quietly(&tmp_manifest);
-        }
-        result
-    }
-
-    #[allow(clippy::too_many_arguments)] // The private half of `insert`.
-    fn insert_inner(
-        &self,
-        id: &str,
-        tmp_data: &Path,
-        tmp_manifest: &Path,
-        kind: FileKind,
-        device: String,
-        metadata: Metadata,
-        compress: bool,
-        mut content: impl Read,
-        now_ms: u64,
-    ) -> Result<Manifest, OutboxError> {
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
-            .open(tmp_data)
+            .open(&tmp_data)
             .map_err(io_err(format!("creating {}", tmp_data.display())))?;
-        let mut sink = BudgetedWriter {
+        let budgeted = BudgetedWriter {
             outbox: self,
             file: io::BufWriter::with_capacity(256 * 1024, file),
             hasher: Sha256::new(),
             written: 0,
             over_budget: None,
+            kept: false,
         };
-        let copied = if compress {
-            let mut encoder = flate2::write::GzEncoder::new(&mut sink, flate2::Compression::fast());
-            io::copy(&mut content, &mut encoder).and_then(|_| encoder.finish().map(|_| ()))
+        let writer = if compress {
+            PendingWriter::Gzip(flate2::write::GzEncoder::new(
+                budgeted,
+                flate2::Compression::fast(),
+            ))
         } else {
-            io::copy(&mut content, &mut sink).map(|_| ())
+            PendingWriter::Plain(budgeted)
         };
-        let reserved = sink.written;
-        if let Some(err) = sink.over_budget.take() {
-            self.release(reserved);
-            return Err(err);
-        }
-        let finished = copied
-            .and_then(|()| sink.file.flush())
-            .and_then(|()| sink.file.get_ref().sync_all());
-        if let Err(source) = finished {
-            self.release(reserved);
-            return Err(OutboxError::Io {
-                context: format!("writing {}", tmp_data.display()),
-                source,
-            });
-        }
-        let manifest = Manifest {
-            id: id.to_owned(),
-            size: sink.written,
-            sha256: hex::encode(sink.hasher.finalize()),
-            kind: kind.as_str().to_owned(),
+        Ok(PendingFile {
+            id,
+            tmp_data,
+            tmp_manifest,
+            kind,
             device,
-            metadata,
-            created_ms: now_ms,
-        };
-        let committed = self.publish(id, tmp_data, tmp_manifest, &manifest);
-        if let Err(e) = committed {
-            self.release(reserved);
-            return Err(e);
-        }
-        self.lock().entries.insert(id.to_owned(), manifest.clone());
-        self.changed.notify_one();
-        Ok(manifest)
+            compress,
+            now_ms,
+            writer: Some(writer),
+        })
     }
 
     fn publish(
@@ -503,6 +464,16 @@ struct BudgetedWriter<'a> {
     hasher: Sha256,
     written: u64,
     over_budget: Option<OutboxError>,
+    /// Set once the file is in the outbox: its bytes stay counted.
+    kept: bool,
+}
+
+impl Drop for BudgetedWriter<'_> {
+    fn drop(&mut self) {
+        if !self.kept {
+            self.outbox.release(self.written);
+        }
+    }
 }
 
 impl Write for BudgetedWriter<'_> {
@@ -526,6 +497,171 @@ impl Write for BudgetedWriter<'_> {
 
     fn flush(&mut self) -> io::Result<()> {
         self.file.flush()
+    }
+}
+
+/// An outbox file being written (see [`Outbox::begin`]).
+pub struct PendingFile<'a> {
+    id: String,
+    tmp_data: PathBuf,
+    tmp_manifest: PathBuf,
+    kind: FileKind,
+    device: String,
+    compress: bool,
+    now_ms: u64,
+    /// `None` once committed or failed: nothing left to clean up.
+    writer: Option<PendingWriter<'a>>,
+}
+
+enum PendingWriter<'a> {
+    Plain(BudgetedWriter<'a>),
+    Gzip(flate2::write::GzEncoder<BudgetedWriter<'a>>),
+}
+
+impl std::fmt::Debug for PendingFile<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingFile")
+            .field("id", &self.id)
+            .field("kind", &self.kind)
+            .field("device", &self.device)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Write for PendingFile<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self.writer.as_mut() {
+            Some(PendingWriter::Plain(w)) => w.write(buf),
+            Some(PendingWriter::Gzip(w)) => w.write(buf),
+            None => Err(io::Error::other("outbox file already finished")),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self.writer.as_mut() {
+            Some(PendingWriter::Plain(w)) => w.flush(),
+            Some(PendingWriter::Gzip(w)) => w.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl PendingFile<'_> {
+    /// The id the file will have in the outbox.
+    #[must_use]
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Bytes stored so far (after compression), counted against the budget.
+    #[must_use]
+    pub fn stored_bytes(&self) -> u64 {
+        match &self.writer {
+            Some(PendingWriter::Plain(w)) => w.written,
+            Some(PendingWriter::Gzip(w)) => w.get_ref().written,
+            None => 0,
+        }
+    }
+
+    /// Turns an error the writer returned into the outbox error it stands for (a full
+    /// budget is [`OutboxError::BudgetExceeded`], so the caller can answer "out of
+    /// resources"), and discards the file.
+    pub fn write_error(mut self, error: io::Error) -> OutboxError {
+        let over_budget = match self.writer.as_mut() {
+            Some(PendingWriter::Plain(w)) => w.over_budget.take(),
+            Some(PendingWriter::Gzip(w)) => w.get_mut().over_budget.take(),
+            None => None,
+        };
+        over_budget.unwrap_or_else(|| OutboxError::Io {
+            context: format!("writing {}", self.tmp_data.display()),
+            source: error,
+        })
+        // Dropping `self` removes the temporary file; the writer frees the budget.
+    }
+
+    /// Makes the file durable and visible in the outbox with `metadata` (pseudonymous, at
+    /// most 16 KiB as JSON): data fsynced, manifest written and fsynced, both renamed into
+    /// place, directory fsynced. Returns its manifest.
+    ///
+    /// # Errors
+    /// Metadata over the limit, the budget, or an I/O error; nothing is kept.
+    pub fn commit(mut self, mut metadata: Metadata) -> Result<Manifest, OutboxError> {
+        if self.compress {
+            metadata.insert(CONTENT_ENCODING_KEY.into(), "gzip".into());
+        }
+        let metadata_len = serde_json::to_vec(&metadata).map_or(usize::MAX, |v| v.len());
+        if metadata_len > MAX_METADATA_LEN {
+            return Err(OutboxError::Invalid(format!(
+                "metadata longer than {MAX_METADATA_LEN} bytes as JSON"
+            )));
+        }
+        let finished = match self.writer.take() {
+            Some(PendingWriter::Plain(w)) => Ok(w),
+            Some(PendingWriter::Gzip(w)) => w.finish(),
+            None => return Err(OutboxError::Invalid("outbox file already finished".into())),
+        };
+        let mut sink = match finished {
+            Ok(sink) => sink,
+            Err(e) => {
+                // The encoder is gone with its writer, and with it the reservation; the
+                // budget error, if that was it, cannot be told apart any more.
+                return Err(OutboxError::Io {
+                    context: format!("writing {}", self.tmp_data.display()),
+                    source: e,
+                });
+            }
+        };
+        let outbox = sink.outbox;
+        let result = sink
+            .file
+            .flush()
+            .and_then(|()| sink.file.get_ref().sync_all())
+            .map_err(|source| OutboxError::Io {
+                context: format!("writing {}", self.tmp_data.display()),
+                source,
+            })
+            .and_then(|()| {
+                let manifest = Manifest {
+                    id: self.id.clone(),
+                    size: sink.written,
+                    sha256: hex::encode(sink.hasher.finalize_reset()),
+                    kind: self.kind.as_str().to_owned(),
+                    device: std::mem::take(&mut self.device),
+                    metadata,
+                    created_ms: self.now_ms,
+                };
+                outbox
+                    .publish(&self.id, &self.tmp_data, &self.tmp_manifest, &manifest)
+                    .map(|()| manifest)
+            });
+        match result {
+            Ok(manifest) => {
+                sink.kept = true;
+                outbox
+                    .lock()
+                    .entries
+                    .insert(self.id.clone(), manifest.clone());
+                outbox.changed.notify_one();
+                Ok(manifest)
+            }
+            Err(e) => {
+                // `sink` drops here and frees the budget.
+                remove_quietly(&self.tmp_data);
+                remove_quietly(&self.tmp_manifest);
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Drop for PendingFile<'_> {
+    fn drop(&mut self) {
+        // Committed or failed already: nothing to clean up.
+        if self.writer.take().is_some() {
+            // The writer's drop freed its share of the budget.
+            remove_quietly(&self.tmp_data);
+            remove_quietly(&self.tmp_manifest);
+        }
     }
 }
 

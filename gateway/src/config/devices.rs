@@ -56,6 +56,11 @@ pub struct DeviceConfig {
     /// as the device being online. Optional.
     #[serde(default)]
     pub hl7_application: Option<String>,
+    /// The calling AE title the device (a modality) uses when it stores images through
+    /// `[dicom]`: its objects are attributed to this device, and their upload waits while
+    /// it is in a procedure. Must be one of `dicom.callers`. Optional.
+    #[serde(default)]
+    pub dicom_ae_title: Option<String>,
     /// Poll the device over Modbus TCP (`[device.modbus]`, see the Modbus adapter's
     /// reference in README.md).
     #[serde(default)]
@@ -94,6 +99,9 @@ impl DeviceConfig {
         if self.hl7_application.is_some() {
             adapters.push("hl7");
         }
+        if self.dicom_ae_title.is_some() {
+            adapters.push("dicom");
+        }
         if self.modbus.is_some() {
             adapters.push("modbus");
         }
@@ -115,6 +123,7 @@ impl DeviceConfig {
             group: self.group().to_owned(),
             adapters: self.adapters(),
             hl7_application: self.hl7_application.clone(),
+            dicom_ae_title: self.dicom_ae_title.clone(),
             offline_after: (self.modbus.is_none() && self.offline_after_secs > 0)
                 .then(|| std::time::Duration::from_secs(self.offline_after_secs)),
         }
@@ -140,6 +149,7 @@ fn is_token(value: &str, max: usize) -> bool {
 pub fn validate(devices: &[DeviceConfig], file: &std::path::Path) -> Result<(), ConfigError> {
     let mut ids = BTreeSet::new();
     let mut applications = BTreeSet::new();
+    let mut ae_titles = BTreeSet::new();
     for (i, device) in devices.iter().enumerate() {
         let key = |k: &str| format!("device[{i}].{k}");
         let err = |k: &str, reason: String| Err(ConfigError::new(file, key(k), reason));
@@ -180,6 +190,27 @@ pub fn validate(devices: &[DeviceConfig], file: &std::path::Path) -> Result<(), 
                 return err(
                     "hl7_application",
                     format!("{app:?} is already another device's application"),
+                );
+            }
+        }
+        if let Some(title) = &device.dicom_ae_title {
+            if title.trim().is_empty()
+                || title.len() > 16
+                || title != title.trim()
+                || title
+                    .bytes()
+                    .any(|b| !(0x20..0x7f).contains(&b) || b == b'\\')
+            {
+                return err(
+                    "dicom_ae_title",
+                    "must be 1–16 printable ASCII characters without a backslash or outer spaces"
+                        .into(),
+                );
+            }
+            if !ae_titles.insert(title.as_str()) {
+                return err(
+                    "dicom_ae_title",
+                    format!("{title:?} is already another device's AE title"),
                 );
             }
         }

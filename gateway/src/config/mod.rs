@@ -90,7 +90,24 @@ pub struct Config {
     /// The technician's status endpoint (page, `/status.json`, `/metrics`). Absent: off.
     #[serde(default)]
     pub status: Option<crate::status::StatusConfig>,
+    /// The DICOM storage receiver (C-STORE SCP) for modalities: `listen`, `ae_title`,
+    /// `temp_dir`, `[[dicom.callers]]`, limits (see the DICOM adapter's reference in
+    /// README.md). Objects are de-identified per `[phi.dicom]` into the bulk upload outbox,
+    /// so it needs `[bulk_upload]`. Absent: off.
+    #[serde(default)]
+    pub dicom: Option<DicomSection>,
+    /// Bulk uploads over QUIC (de-identified DICOM objects): `receiver`, TLS files, outbox
+    /// budget, bandwidth caps by time of day (see README.md). Absent: off.
+    #[serde(default)]
+    pub bulk_upload: Option<crate::bulk::sender::BulkUploadConfig>,
 }
+
+/// `[dicom]` in this build.
+#[cfg(feature = "dicom")]
+pub type DicomSection = wardgate_device_adapters::dicom::DicomScpConfig;
+/// `[dicom]` in this build (without the DICOM receiver; refused by validation).
+#[cfg(not(feature = "dicom"))]
+pub type DicomSection = devices::NotInThisBuildValue;
 
 /// `[gateway]`
 #[derive(Debug, Clone, Deserialize)]
@@ -270,6 +287,12 @@ pub struct PhiSection {
     /// `phi/freetext.rs` for each pattern. Default: every rule on.
     #[serde(default)]
     pub free_text: crate::phi::freetext::FreeTextConfig,
+    /// DICOM de-identification options (PS3.15 Annex E): `[phi.dicom]` with `dates`,
+    /// `max_date_shift_days`, `retain_device_identity`, `retain_patient_characteristics`,
+    /// `safe_private`, `risky_modalities`, `allow_burned_in_annotation` (see
+    /// `phi/dicom/options.rs`). Default: the basic profile with nothing retained.
+    #[serde(default)]
+    pub dicom: crate::phi::dicom::DeidOptions,
 }
 
 impl Default for PhiSection {
@@ -277,6 +300,7 @@ impl Default for PhiSection {
         PhiSection {
             free_text_allowed_codes: defaults::free_text_allowed_codes(),
             free_text: crate::phi::freetext::FreeTextConfig::default(),
+            dicom: crate::phi::dicom::DeidOptions::default(),
         }
     }
 }
@@ -478,6 +502,11 @@ impl Config {
                 keys.push(("agent_api.device_ca".into(), ca));
             }
         }
+        if let Some(bulk) = self.bulk_upload.as_mut() {
+            keys.push(("bulk_upload.ca_file".into(), &mut bulk.ca_file));
+            keys.push(("bulk_upload.cert_file".into(), &mut bulk.cert_file));
+            keys.push(("bulk_upload.key_file".into(), &mut bulk.key_file));
+        }
         for (i, device) in self.devices.iter_mut().enumerate() {
             if let Some(crate::agent_api::AgentAuth::Token { token_file }) = device.agent.as_mut() {
                 keys.push((format!("device[{i}].agent.token_file"), token_file));
@@ -493,6 +522,10 @@ impl Config {
             }
         };
         resolve(&mut self.gateway.data_dir);
+        #[cfg(feature = "dicom")]
+        if let Some(dicom) = self.dicom.as_mut() {
+            resolve(&mut dicom.temp_dir);
+        }
         for (_, path) in self.file_keys_mut() {
             resolve(path);
         }
@@ -662,6 +695,10 @@ impl Config {
         if let Err(reason) = self.phi.free_text.validate() {
             return Err(devices::adapter_error(file, "phi.free_text", &reason));
         }
+        if let Err(reason) = self.phi.dicom.validate() {
+            return Err(devices::adapter_error(file, "phi.dicom", &reason));
+        }
+        self.validate_imaging(file)?;
         if let Some(status) = &self.status {
             status.validate().map_err(|e| match e {
                 crate::status::StatusError::Config { key, reason } => {
@@ -700,6 +737,56 @@ impl Config {
                 _ => "cloud".to_owned(),
             };
             return err(&key, uplink_reason(e));
+        }
+        Ok(())
+    }
+
+    /// `[dicom]`, `[bulk_upload]` and the devices' `dicom_ae_title`.
+    fn validate_imaging(&self, file: &Path) -> Result<(), ConfigError> {
+        if let Some(bulk) = &self.bulk_upload {
+            bulk.validate()
+                .map_err(|reason| bulk_error(file, &reason))?;
+        }
+        #[cfg(not(feature = "dicom"))]
+        if self.dicom.is_some() {
+            return Err(ConfigError::new(
+                file,
+                "dicom",
+                "this build has no DICOM receiver (cargo feature `dicom`)",
+            ));
+        }
+        #[cfg(feature = "dicom")]
+        if let Some(dicom) = &self.dicom {
+            dicom
+                .validate()
+                .map_err(|reason| devices::adapter_error(file, "dicom", &reason))?;
+            if self.bulk_upload.is_none() {
+                return Err(ConfigError::new(
+                    file,
+                    "dicom",
+                    "needs a [bulk_upload] section: de-identified objects are uploaded from its outbox",
+                ));
+            }
+            for (i, device) in self.devices.iter().enumerate() {
+                if let Some(title) = &device.dicom_ae_title {
+                    if !dicom.callers.iter().any(|c| &c.ae_title == title) {
+                        return Err(ConfigError::new(
+                            file,
+                            format!("device[{i}].dicom_ae_title"),
+                            format!("{title:?} is not among dicom.callers, so its associations would be refused"),
+                        ));
+                    }
+                }
+            }
+        }
+        if self.dicom.is_none() {
+            if let Some(i) = self.devices.iter().position(|d| d.dicom_ae_title.is_some()) {
+                return Err(ConfigError::new(
+                    file,
+                    format!("device[{i}].dicom_ae_title"),
+                    "there is no [dicom] section",
+                ));
+            }
         }
         Ok(())
     }
@@ -754,6 +841,17 @@ impl Config {
         let h = |v: Option<u64>| v.map(|h| Duration::from_secs(h * 3600));
         let t = &self.spool.ttl_hours;
         [h(t.log), h(t.state), h(t.observation), h(t.alarm)]
+    }
+}
+
+/// The bulk upload config's reason is `invalid bulk upload configuration `<key>`: <why>`.
+fn bulk_error(file: &Path, reason: &str) -> ConfigError {
+    let parsed = reason
+        .strip_prefix("invalid bulk upload configuration `")
+        .and_then(|rest| rest.split_once("`: "));
+    match parsed {
+        Some((key, why)) => ConfigError::new(file, format!("bulk_upload.{key}"), why),
+        None => ConfigError::new(file, "bulk_upload", reason),
     }
 }
 
@@ -950,9 +1048,99 @@ listen = "127.0.0.1:2575"
         }
         let c = Config::parse_with_credentials(&switched_on, &example, Some(dir.path()))
             .unwrap_or_else(|e| panic!("{e}\n{switched_on}"));
-        assert_eq!(c.devices.len(), 2);
-        assert!(c.devices[0].modbus.is_some() && c.devices[1].logs.is_some());
+        assert_eq!(c.devices.len(), 3);
+        assert!(c.devices[0].modbus.is_some() && c.devices[2].logs.is_some());
+        assert_eq!(c.devices[1].dicom_ae_title.as_deref(), Some("CT_SCANNER_1"));
         assert!(c.agent_api.is_some() && c.status.is_some());
+        assert!(c.dicom.is_some() && c.bulk_upload.is_some());
+        assert_eq!(c.phi.dicom.quarantine_budget_bytes, 1 << 30);
+    }
+
+    const IMAGING: &str = r#"
+[dicom]
+listen = "127.0.0.1:11112"
+ae_title = "WARDGATE"
+temp_dir = "incoming"
+
+[[dicom.callers]]
+ae_title = "CT1"
+
+[bulk_upload]
+receiver = "ingest.example:4433"
+ca_file = "ca.pem"
+cert_file = "cert.pem"
+key_file = "key.pem"
+
+[[device]]
+id = "ct-1"
+kind = "ct-scanner"
+dicom_ae_title = "CT1"
+"#;
+
+    #[cfg(feature = "dicom")]
+    #[test]
+    fn imaging_sections_parse_with_paths_resolved() {
+        let (dir, path, text) = with_files(IMAGING);
+        let c = Config::parse(&text, &path).unwrap();
+        let dicom = c.dicom.unwrap();
+        assert_eq!(dicom.temp_dir, dir.path().join("incoming"));
+        assert_eq!(c.bulk_upload.unwrap().ca_file, dir.path().join("ca.pem"));
+        assert_eq!(
+            c.devices[0].declaration().dicom_ae_title.as_deref(),
+            Some("CT1")
+        );
+    }
+
+    #[cfg(feature = "dicom")]
+    #[test]
+    fn imaging_rules_across_sections_name_the_key() {
+        let cases: [(&str, &str, &str); 4] = [
+            (
+                "[bulk_upload]",
+                "[unused_bulk_upload]",
+                "unused_bulk_upload",
+            ),
+            (
+                "dicom_ae_title = \"CT1\"",
+                "dicom_ae_title = \"CT9\"",
+                "device[0].dicom_ae_title",
+            ),
+            (
+                "receiver = \"ingest.example:4433\"",
+                "receiver = \"ingest.example\"",
+                "bulk_upload.receiver",
+            ),
+            (
+                "ae_title = \"WARDGATE\"",
+                "ae_title = \"WAY_TOO_LONG_AE_TITLE\"",
+                "dicom.ae_title",
+            ),
+        ];
+        for (from, to, key) in cases {
+            let (_d, path, text) = with_files(&IMAGING.replace(from, to));
+            let e = Config::parse(&text, &path).unwrap_err();
+            assert_eq!(e.key, key, "{from} -> {to}: {e}");
+        }
+        // [dicom] without [bulk_upload]: objects would have nowhere to go.
+        let without_upload = IMAGING.split("[bulk_upload]").next().unwrap().to_owned();
+        let (_d, path, text) = with_files(&without_upload);
+        let e = Config::parse(&text, &path).unwrap_err();
+        assert_eq!(e.key, "dicom");
+        assert!(e.reason.contains("[bulk_upload]"), "{e}");
+        // A device naming an AE title without any [dicom] section.
+        let (_d, path, text) =
+            with_files("[[device]]\nid = \"ct-1\"\nkind = \"ct\"\ndicom_ae_title = \"CT1\"\n");
+        let e = Config::parse(&text, &path).unwrap_err();
+        assert_eq!(e.key, "device[0].dicom_ae_title");
+    }
+
+    #[cfg(not(feature = "dicom"))]
+    #[test]
+    fn dicom_section_is_refused_in_a_build_without_it() {
+        let (_d, path, text) = with_files(IMAGING);
+        let e = Config::parse(&text, &path).unwrap_err();
+        assert_eq!(e.key, "dicom");
+        assert!(e.reason.contains("cargo feature `dicom`"), "{e}");
     }
 
     #[test]

@@ -11,7 +11,8 @@ use super::alerts::Alerts;
 use crate::devices::{unix_ms, Registry};
 use crate::spool::Spool;
 use crate::status::snapshot::{
-    DeviceStatus, GatewayInfo, Hl7Figures, SpoolFigures, StatusSnapshot, UplinkFigures,
+    DeviceStatus, GatewayInfo, Hl7Figures, ImagingFigures, SpoolFigures, StatusSnapshot,
+    UplinkFigures,
 };
 use crate::status::StatusSource;
 use crate::uplink::UplinkStatus;
@@ -33,6 +34,53 @@ pub struct GatewayStatus {
     pub registry: Arc<Registry>,
     /// Recent alerts.
     pub alerts: Arc<Alerts>,
+    /// The imaging path, when `[bulk_upload]` is configured.
+    pub imaging: Option<ImagingHandles>,
+}
+
+/// Live handles on the imaging path.
+#[derive(Debug, Clone)]
+pub struct ImagingHandles {
+    /// The bulk upload outbox.
+    pub outbox: Arc<crate::bulk::outbox::Outbox>,
+    /// The uploader's counters.
+    pub sender: Arc<crate::bulk::sender::SenderStats>,
+    /// The DICOM ingest's counters, when `[dicom]` is configured.
+    #[cfg(feature = "dicom")]
+    pub dicom: Option<Arc<crate::pipeline::dicom::DicomIngestStats>>,
+}
+
+impl ImagingHandles {
+    fn figures(&self, now_ms: u64) -> ImagingFigures {
+        let sent = self.sender.snapshot();
+        let entries = self.outbox.entries();
+        #[cfg(feature = "dicom")]
+        let (stored, quarantined, refused) = self.dicom.as_ref().map_or((0, 0, 0), |d| {
+            let get =
+                |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+            (get(&d.stored), get(&d.quarantined), get(&d.refused))
+        });
+        #[cfg(not(feature = "dicom"))]
+        let (stored, quarantined, refused) = (0, 0, 0);
+        ImagingFigures {
+            outbox_files: u64::try_from(entries.len()).unwrap_or(u64::MAX),
+            outbox_bytes: self.outbox.used_bytes(),
+            outbox_budget_bytes: self.outbox.budget_bytes(),
+            oldest_file_age_secs: entries
+                .iter()
+                .map(|m| m.created_ms)
+                .min()
+                .map(|oldest| now_ms.saturating_sub(oldest) / 1000),
+            files_uploaded: sent.files_committed,
+            bytes_sent: sent.bytes_sent,
+            hash_mismatches: sent.hash_mismatches,
+            deferrals: sent.deferrals,
+            connection_failures: sent.connection_failures,
+            dicom_stored: stored,
+            dicom_quarantined: quarantined,
+            dicom_refused: refused,
+        }
+    }
 }
 
 impl StatusSource for GatewayStatus {
@@ -57,6 +105,7 @@ impl StatusSource for GatewayStatus {
             spool: SpoolFigures::from_stats(&self.spool.stats(), now),
             uplink: UplinkFigures::from(&*self.uplink.borrow()),
             hl7: Hl7Figures::from(self.hl7.snapshot()),
+            imaging: self.imaging.as_ref().map(|i| i.figures(now)),
             // No update staging in this build yet (issue 5): the page says so.
             patches: None,
             alerts: self.alerts.recent(),

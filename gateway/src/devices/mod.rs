@@ -52,10 +52,12 @@ pub struct Declaration {
     pub kind: String,
     /// The group updates and settings are assigned to.
     pub group: String,
-    /// Adapters serving it (`hl7`, `modbus`, `logs`, `agent`).
+    /// Adapters serving it (`hl7`, `dicom`, `modbus`, `logs`, `agent`).
     pub adapters: Vec<&'static str>,
     /// The MSH-3 sending application its HL7 messages carry, if it speaks HL7.
     pub hl7_application: Option<String>,
+    /// The calling AE title of its DICOM associations, if it stores images here.
+    pub dicom_ae_title: Option<String>,
     /// For a device nobody polls (HL7, agent, logs): silence after which it counts as
     /// offline. `None`: never (a polled device's adapter reports reachability itself).
     pub offline_after: Option<std::time::Duration>,
@@ -89,6 +91,7 @@ struct Entry {
 struct Devices {
     by_id: BTreeMap<String, Entry>,
     by_hl7_application: HashMap<String, String>,
+    by_dicom_ae_title: HashMap<String, String>,
 }
 
 /// The registry. Shared as `Arc<Registry>`.
@@ -137,7 +140,13 @@ impl Registry {
         let mut old = std::mem::take(&mut devices.by_id);
         let mut added = Vec::new();
         devices.by_hl7_application.clear();
+        devices.by_dicom_ae_title.clear();
         for declaration in declarations {
+            if let Some(title) = &declaration.dicom_ae_title {
+                devices
+                    .by_dicom_ae_title
+                    .insert(title.clone(), declaration.id.clone());
+            }
             if let Some(app) = &declaration.hl7_application {
                 devices
                     .by_hl7_application
@@ -168,6 +177,12 @@ impl Registry {
     #[must_use]
     pub fn hl7_device(&self, application: &str) -> Option<String> {
         self.lock().by_hl7_application.get(application).cloned()
+    }
+
+    /// The declared device whose DICOM associations carry this calling AE title.
+    #[must_use]
+    pub fn dicom_device(&self, calling_ae_title: &str) -> Option<String> {
+        self.lock().by_dicom_ae_title.get(calling_ae_title).cloned()
     }
 
     /// Whether `id` is declared.
@@ -353,6 +368,7 @@ mod tests {
             group: "ep-lab".into(),
             adapters: vec!["agent", "logs"],
             hl7_application: Some(format!("APP_{id}")),
+            dicom_ae_title: None,
             offline_after: Some(Duration::from_secs(60)),
         }
     }

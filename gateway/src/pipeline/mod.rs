@@ -6,6 +6,8 @@
 
 pub mod agent;
 pub mod device_plane;
+#[cfg(feature = "dicom")]
+pub mod dicom;
 pub mod hl7;
 #[cfg(feature = "logfile")]
 pub mod logfile;

@@ -8,6 +8,10 @@
 //!   its module documentation states what is durable when).
 //! * Only one stream at a time may receive a given file id; a second offer is refused as
 //!   busy and retried by the sender.
+//! * A gateway has one connection: a new connection presenting the same client
+//!   certificate supersedes (closes) the older one, whose transfers checkpoint and free
+//!   their file ids. A gateway that crashed and restarted thus resumes at once instead of
+//!   finding its files "busy" until the dead connection's idle timeout.
 //! * A protocol error resets the stream; the bytes already written stay and count once
 //!   durable. Shutdown closes every connection; each transfer checkpoints what it holds.
 //!
@@ -31,6 +35,9 @@ use wardgate_proto::upload::{ReceiverAction, ReceiverSession, RefuseCode, ALPN};
 
 use crate::bulk::quic::{transport_config, unix_now_ms};
 use store::{Claim, Lookup, PartialFile, Store};
+
+/// How long an offer waits for another stream to release its file id before "busy".
+const CLAIM_WAIT: Duration = Duration::from_secs(3);
 
 const fn default_checkpoint_bytes() -> u64 {
     8 * 1024 * 1024
@@ -288,6 +295,7 @@ impl Receiver {
     /// None at present; the `Result` leaves room for fatal conditions.
     pub async fn serve(self, mut shutdown: watch::Receiver<bool>) -> Result<(), ReceiveError> {
         let mut connections = JoinSet::new();
+        let gateways: Gateways = Arc::default();
         tracing::info!(listen = ?self.endpoint.local_addr().ok(), "bulk upload receiver listening");
         loop {
             if *shutdown.borrow() {
@@ -298,7 +306,7 @@ impl Receiver {
                     let Some(incoming) = incoming else { break };
                     let store = Arc::clone(&self.store);
                     let stats = Arc::clone(&self.stats);
-                    connections.spawn(handle_connection(incoming, store, stats));
+                    connections.spawn(handle_connection(incoming, store, stats, Arc::clone(&gateways)));
                 }
                 changed = shutdown.changed() => {
                     if changed.is_err() {
@@ -326,10 +334,24 @@ pub async fn run(
     Receiver::bind(&config)?.serve(shutdown).await
 }
 
+/// The live connection of each gateway, by the DER of its client certificate.
+type Gateways = Arc<std::sync::Mutex<std::collections::HashMap<Vec<u8>, quinn::Connection>>>;
+
+/// The DER of the peer's end-entity certificate (the handshake required one).
+fn peer_certificate(connection: &quinn::Connection) -> Option<Vec<u8>> {
+    connection
+        .peer_identity()?
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .ok()?
+        .first()
+        .map(|c| c.as_ref().to_vec())
+}
+
 async fn handle_connection(
     incoming: quinn::Incoming,
     store: Arc<Store>,
     stats: Arc<ReceiverStats>,
+    gateways: Gateways,
 ) {
     let remote = incoming.remote_address();
     let connection = match incoming.await {
@@ -341,6 +363,20 @@ async fn handle_connection(
         }
     };
     tracing::debug!(%remote, "gateway connected");
+    let identity = peer_certificate(&connection);
+    if let Some(identity) = &identity {
+        let older = gateways
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(identity.clone(), connection.clone());
+        if let Some(older) = older {
+            tracing::info!(%remote, "a gateway reconnected; closing its previous connection");
+            older.close(
+                0u32.into(),
+                b"superseded by a new connection from this gateway",
+            );
+        }
+    }
     let mut streams = JoinSet::new();
     loop {
         tokio::select! {
@@ -357,6 +393,17 @@ async fn handle_connection(
         }
     }
     while streams.join_next().await.is_some() {}
+    if let Some(identity) = identity {
+        let mut live = gateways
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if live
+            .get(&identity)
+            .is_some_and(|c| c.stable_id() == connection.stable_id())
+        {
+            live.remove(&identity);
+        }
+    }
 }
 
 /// One file's conversation. What it holds when the stream ends without a verdict is
@@ -465,7 +512,15 @@ impl StreamTransfer {
             );
             return;
         }
-        let Some(claim) = self.store.claim(&id) else {
+        // A superseded connection's stream may still be checkpointing this file: give it
+        // a moment to let go before answering "busy".
+        let mut claim = self.store.claim(&id);
+        let deadline = tokio::time::Instant::now() + CLAIM_WAIT;
+        while claim.is_none() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            claim = self.store.claim(&id);
+        }
+        let Some(claim) = claim else {
             bump(&self.stats.refusals, 1);
             self.session.refuse(
                 RefuseCode::Busy,

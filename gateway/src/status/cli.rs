@@ -446,6 +446,7 @@ mod tests {
                 ..UplinkFigures::default()
             },
             hl7: Hl7Figures::default(),
+            imaging: None,
             patches: None,
             alerts: vec![Alert {
                 at_ms: now - 60_000,

@@ -350,6 +350,66 @@ pub fn render(snapshot: &StatusSnapshot) -> String {
         as_f64(h.garbage_bytes),
     );
 
+    if let Some(i) = &snapshot.imaging {
+        e.single(
+            "wardgate_outbox_files",
+            Kind::Gauge,
+            "Bulk upload files waiting for the receiver's commit.",
+            as_f64(i.outbox_files),
+        );
+        e.single(
+            "wardgate_outbox_bytes",
+            Kind::Gauge,
+            "Bytes of the files waiting in the bulk upload outbox.",
+            as_f64(i.outbox_bytes),
+        );
+        e.single(
+            "wardgate_outbox_budget_bytes",
+            Kind::Gauge,
+            "The bulk upload outbox's disk budget (bulk_upload.outbox_budget_bytes).",
+            as_f64(i.outbox_budget_bytes),
+        );
+        e.single(
+            "wardgate_bulk_files_uploaded_total",
+            Kind::Counter,
+            "Files the bulk upload receiver committed since start.",
+            as_f64(i.files_uploaded),
+        );
+        e.single(
+            "wardgate_bulk_bytes_sent_total",
+            Kind::Counter,
+            "Bulk upload payload bytes sent since start.",
+            as_f64(i.bytes_sent),
+        );
+        e.single(
+            "wardgate_bulk_hash_mismatches_total",
+            Kind::Counter,
+            "Whole-file hash mismatches the receiver reported (each file retried from zero).",
+            as_f64(i.hash_mismatches),
+        );
+        e.single(
+            "wardgate_bulk_connection_failures_total",
+            Kind::Counter,
+            "Failed or lost connections to the bulk upload receiver.",
+            as_f64(i.connection_failures),
+        );
+        e.family(
+            "wardgate_dicom_objects_total",
+            Kind::Counter,
+            "DICOM objects received, by outcome: stored (de-identified into the outbox), quarantined, refused.",
+        );
+        for (outcome, value) in [
+            ("stored", i.dicom_stored),
+            ("quarantined", i.dicom_quarantined),
+            ("refused", i.dicom_refused),
+        ] {
+            e.sample(
+                "wardgate_dicom_objects_total",
+                &[("outcome", outcome)],
+                as_f64(value),
+            );
+        }
+    }
     if let Some(patches) = &snapshot.patches {
         e.single(
             "wardgate_patches_staged",
@@ -576,6 +636,7 @@ mod tests {
                 messages_rejected: 2,
                 ..Hl7Figures::default()
             },
+            imaging: None,
             patches: None,
             alerts: vec![Alert {
                 at_ms: 1,

@@ -139,6 +139,17 @@ const HTML: &str = r#"<!DOCTYPE html>
       <dt>Rate-limited / oversized</dt><dd id="hl7-refused">–</dd>
     </dl>
   </section>
+  <section>
+    <h2>Imaging</h2>
+    <p id="imaging-off" hidden>No bulk upload is configured ([bulk_upload]).</p>
+    <dl id="imaging">
+      <dt>Outbox</dt><dd id="imaging-outbox">–</dd>
+      <dt>Oldest waiting file</dt><dd id="imaging-oldest">–</dd>
+      <dt>Uploaded (since start)</dt><dd id="imaging-uploaded">–</dd>
+      <dt>Held back for a patient / hash retries / connection failures</dt><dd id="imaging-problems">–</dd>
+      <dt>DICOM stored / quarantined / refused</dt><dd id="imaging-dicom">–</dd>
+    </dl>
+  </section>
   <section class="wide">
     <h2>Devices</h2>
     <table id="devices">
@@ -294,6 +305,19 @@ const SCRIPT: &str = r#"
     text("spool-evicted", classes(sp.evicted_records));
     text("spool-expired", classes(sp.expired_records));
     text("spool-refused", num(sp.refused_records));
+
+    var im = s.imaging;
+    document.getElementById("imaging-off").hidden = !!im;
+    document.getElementById("imaging").hidden = !im;
+    if (im) {
+      var ipct = im.outbox_budget_bytes ? " (" + (100 * im.outbox_bytes / im.outbox_budget_bytes).toFixed(1) + " %)" : "";
+      text("imaging-outbox", num(im.outbox_files) + " files, " + bytes(im.outbox_bytes) + " of " + bytes(im.outbox_budget_bytes) + ipct);
+      text("imaging-oldest", im.oldest_file_age_secs === null || im.oldest_file_age_secs === undefined
+        ? "outbox is empty" : duration(im.oldest_file_age_secs) + " old");
+      text("imaging-uploaded", num(im.files_uploaded) + " files, " + bytes(im.bytes_sent));
+      text("imaging-problems", num(im.deferrals) + " / " + num(im.hash_mismatches) + " / " + num(im.connection_failures));
+      text("imaging-dicom", num(im.dicom_stored) + " / " + num(im.dicom_quarantined) + " / " + num(im.dicom_refused));
+    }
 
     var h = s.hl7;
     text("hl7-connections", num(h.connections_active));

@@ -35,6 +35,10 @@ pub struct StatusSnapshot {
     pub uplink: UplinkFigures,
     /// The HL7 v2 / MLLP listener.
     pub hl7: Hl7Figures,
+    /// The imaging path (DICOM receiver, bulk upload outbox and uploader); `None` when
+    /// `[bulk_upload]` is not configured.
+    #[serde(default)]
+    pub imaging: Option<ImagingFigures>,
     /// Update packages staged for devices; `None` when this build has no update staging
     /// (the page and the console say so rather than showing an empty list).
     #[serde(default)]
@@ -42,6 +46,36 @@ pub struct StatusSnapshot {
     /// Conditions a technician should look at, newest first.
     #[serde(default)]
     pub alerts: Vec<Alert>,
+}
+
+/// The imaging path's figures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ImagingFigures {
+    /// Files waiting in the outbox for the receiver's commit.
+    pub outbox_files: u64,
+    /// Bytes they take.
+    pub outbox_bytes: u64,
+    /// The outbox's budget.
+    pub outbox_budget_bytes: u64,
+    /// Age of the oldest waiting file, seconds; `None` when the outbox is empty.
+    #[serde(default)]
+    pub oldest_file_age_secs: Option<u64>,
+    /// Files the receiver committed since start.
+    pub files_uploaded: u64,
+    /// Payload bytes sent since start.
+    pub bytes_sent: u64,
+    /// Whole-file hash mismatches the receiver reported (each retried from zero).
+    pub hash_mismatches: u64,
+    /// Uploads held back by the patient-first rule.
+    pub deferrals: u64,
+    /// Failed or lost connections to the receiver.
+    pub connection_failures: u64,
+    /// DICOM objects de-identified into the outbox since start.
+    pub dicom_stored: u64,
+    /// DICOM objects quarantined (burned-in annotation, risky modality) since start.
+    pub dicom_quarantined: u64,
+    /// DICOM objects refused with a failure status since start.
+    pub dicom_refused: u64,
 }
 
 /// The gateway's identity and uptime.

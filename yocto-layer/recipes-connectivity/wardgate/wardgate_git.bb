@@ -50,9 +50,10 @@ CARGO_LOCK_SRC_DIR = "${S}"
 # an image carries only the adapters it lists; HL7 is always built (the daemon always
 # runs its listener). A config naming an adapter the image lacks is refused at start
 # with the key and the missing feature.
-PACKAGECONFIG ??= "modbus logfile"
+PACKAGECONFIG ??= "modbus logfile dicom"
 PACKAGECONFIG[modbus] = ""
 PACKAGECONFIG[logfile] = ""
+PACKAGECONFIG[dicom] = ""
 CARGO_BUILD_FLAGS:append = " --no-default-features ${@wardgate_cargo_features(d)}"
 
 def wardgate_cargo_features(d):
