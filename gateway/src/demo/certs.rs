@@ -1,5 +1,7 @@
-//! The demo's throwaway PKI: one CA, a server certificate for the stand-in broker,
-//! and client certificates for the gateway and the viewer.
+//! The demo's throwaway PKI: one CA, server certificates for the stand-in broker and the
+//! stand-in cloud imaging ingest, and client certificates for the gateway and the viewer.
+//! The gateway's one client certificate serves both its MQTT uplink and its bulk uploads,
+//! as in production.
 //!
 //! Invariants:
 //! - Every key is generated fresh in this process (ECDSA P-256) and never reused: the
@@ -101,6 +103,9 @@ pub struct DemoPki {
     ca_der: CertificateDer<'static>,
     /// The broker's server certificate, valid for `127.0.0.1`, `::1` and `localhost`.
     pub broker: IssuedIdentity,
+    /// The cloud imaging ingest's server certificate (bulk uploads over QUIC), valid for
+    /// the same names.
+    pub ingest: IssuedIdentity,
     /// The gateway's client certificate (`CN = gateway id`).
     pub gateway: IssuedIdentity,
     /// The viewer's client certificate.
@@ -108,7 +113,7 @@ pub struct DemoPki {
 }
 
 impl DemoPki {
-    /// Generates the CA and the three leaf certificates and writes them as PEM files
+    /// Generates the CA and the four leaf certificates and writes them as PEM files
     /// (mode 0600) into `dir`, which must exist. `now` is the issuing time.
     ///
     /// # Errors
@@ -199,9 +204,16 @@ impl DemoPki {
         let broker = leaf(
             "wardgate demo broker",
             ExtendedKeyUsagePurpose::ServerAuth,
-            localhost_sans,
+            localhost_sans.clone(),
             "broker",
             "broker certificate",
+        )?;
+        let ingest = leaf(
+            "wardgate demo imaging ingest",
+            ExtendedKeyUsagePurpose::ServerAuth,
+            localhost_sans,
+            "imaging-ingest",
+            "imaging ingest certificate",
         )?;
         let gateway = leaf(
             gateway_id,
@@ -222,6 +234,7 @@ impl DemoPki {
             ca_file,
             ca_der: ca_cert.der().clone(),
             broker,
+            ingest,
             gateway,
             viewer,
         })
@@ -367,6 +380,8 @@ mod tests {
             &pki.ca_file,
             &pki.broker.cert_file,
             &pki.broker.key_file,
+            &pki.ingest.cert_file,
+            &pki.ingest.key_file,
             &pki.gateway.cert_file,
             &pki.gateway.key_file,
             &pki.viewer.cert_file,

@@ -1,5 +1,6 @@
-//! The leak check: looks for every planted identifier in bytes the cloud received (and
-//! in the gateway's data directory), and keeps the tally the demo's verdict is made of.
+//! The leak check: looks for every planted identifier in bytes the cloud received (MQTT
+//! packets at the broker, files at the imaging ingest) and in the gateway's data
+//! directory, and keeps the tally the demo's verdict is made of.
 //!
 //! Invariants:
 //! - Matching is byte for byte on the raw bytes, ignoring ASCII case only (a rule that
@@ -9,8 +10,11 @@
 //!   against every identifier.
 //! - The ledger records which identifiers were found and where, never the surrounding
 //!   bytes: a report of a leak must not become a second leak.
+//! - A file the imaging ingest received is counted once: scanned when it arrives
+//!   ([`LeakLedger::scan_ingest_file`]), it is skipped by the final scan of the ingest's
+//!   directory ([`LeakLedger::scan_ingest_dir`]), which catches everything else there.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::{Mutex, PoisonError};
 
@@ -97,7 +101,8 @@ pub struct LeakFinding {
     pub kind: IdentifierKind,
     /// The planted value (the demo's own invention, so printing it leaks nothing real).
     pub value: String,
-    /// Where: `broker ingress from <identity>` or a file name.
+    /// Where: `broker ingress from <identity>`, `gateway disk: <file>` or
+    /// `cloud imaging ingest: <file>`.
     pub place: String,
     /// How many scanned units (packets or files) contained it.
     pub count: u64,
@@ -109,6 +114,10 @@ struct Tally {
     bytes: u64,
     files: u64,
     file_bytes: u64,
+    ingest_files: u64,
+    ingest_bytes: u64,
+    /// Ingest files already scanned, by path relative to the ingest's directory.
+    ingest_scanned: HashSet<String>,
     // (identifier index, place) -> units containing it
     findings: BTreeMap<(usize, String), u64>,
 }
@@ -141,6 +150,10 @@ pub struct LeakReport {
     pub files_scanned: u64,
     /// Their bytes.
     pub file_bytes_scanned: u64,
+    /// Files scanned at the cloud imaging ingest (received images and their records).
+    pub ingest_files_scanned: u64,
+    /// Their bytes.
+    pub ingest_bytes_scanned: u64,
     /// Every identifier found, by place.
     pub findings: Vec<LeakFinding>,
 }
@@ -189,41 +202,56 @@ impl LeakLedger {
         found.len()
     }
 
-    /// Scans every regular file under `dir` (recursively). Unreadable entries are
-    /// reported as errors rather than skipped silently.
+    /// Scans every regular file under the gateway's `dir` (recursively). Unreadable
+    /// entries are reported as errors rather than skipped silently.
     ///
     /// # Errors
     /// The first I/O error.
     pub fn scan_dir(&self, dir: &Path) -> std::io::Result<()> {
-        let mut pending = vec![dir.to_path_buf()];
-        while let Some(path) = pending.pop() {
-            for entry in std::fs::read_dir(&path)? {
-                let entry = entry?;
-                let kind = entry.file_type()?;
-                if kind.is_dir() {
-                    pending.push(entry.path());
-                } else if kind.is_file() {
-                    let bytes = std::fs::read(entry.path())?;
-                    let found = self.scanner.scan(&bytes);
-                    let name = entry
-                        .path()
-                        .strip_prefix(dir)
-                        .unwrap_or(&entry.path())
-                        .display()
-                        .to_string();
-                    let mut tally = self.tally();
-                    tally.files += 1;
-                    tally.file_bytes += bytes.len() as u64;
-                    for i in found {
-                        *tally
-                            .findings
-                            .entry((i, format!("gateway disk: {name}")))
-                            .or_default() += 1;
-                    }
-                }
+        walk_files(dir, &mut |name, bytes| {
+            let found = self.scanner.scan(bytes);
+            let mut tally = self.tally();
+            tally.files += 1;
+            tally.file_bytes += bytes.len() as u64;
+            for i in found {
+                *tally
+                    .findings
+                    .entry((i, format!("gateway disk: {name}")))
+                    .or_default() += 1;
             }
+        })
+    }
+
+    /// Scans one file the cloud imaging ingest received, named by its path relative to
+    /// the ingest's directory (e.g. `dicom/<id>`); returns how many identifiers it
+    /// contained. A name scanned before is not counted again.
+    pub fn scan_ingest_file(&self, name: &str, bytes: &[u8]) -> usize {
+        let found = self.scanner.scan(bytes);
+        let mut tally = self.tally();
+        if !tally.ingest_scanned.insert(name.to_owned()) {
+            return found.len();
         }
-        Ok(())
+        tally.ingest_files += 1;
+        tally.ingest_bytes += bytes.len() as u64;
+        for &i in &found {
+            *tally
+                .findings
+                .entry((i, format!("cloud imaging ingest: {name}")))
+                .or_default() += 1;
+        }
+        found.len()
+    }
+
+    /// Scans every regular file under the imaging ingest's `dir` (recursively) that
+    /// [`LeakLedger::scan_ingest_file`] has not scanned yet: partial uploads, records,
+    /// anything else it keeps.
+    ///
+    /// # Errors
+    /// The first I/O error.
+    pub fn scan_ingest_dir(&self, dir: &Path) -> std::io::Result<()> {
+        walk_files(dir, &mut |name, bytes| {
+            self.scan_ingest_file(name, bytes);
+        })
     }
 
     /// The totals so far.
@@ -236,6 +264,8 @@ impl LeakLedger {
             bytes_scanned: tally.bytes,
             files_scanned: tally.files,
             file_bytes_scanned: tally.file_bytes,
+            ingest_files_scanned: tally.ingest_files,
+            ingest_bytes_scanned: tally.ingest_bytes,
             findings: tally
                 .findings
                 .iter()
@@ -253,10 +283,35 @@ impl LeakLedger {
     }
 }
 
+/// Calls `each` with the path (relative to `dir`) and bytes of every regular file under
+/// `dir`, recursively.
+fn walk_files(dir: &Path, each: &mut dyn FnMut(&str, &[u8])) -> std::io::Result<()> {
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        for entry in std::fs::read_dir(&path)? {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                pending.push(entry.path());
+            } else if kind.is_file() {
+                let bytes = std::fs::read(entry.path())?;
+                let name = entry
+                    .path()
+                    .strip_prefix(dir)
+                    .unwrap_or(&entry.path())
+                    .display()
+                    .to_string();
+                each(&name, &bytes);
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // Tests may unwrap (house rule).
 mod tests {
-    use super::super::patients::SyntheticPatient;
+    use super::super::patients::{ImagingStudy, SyntheticPatient};
     use super::*;
 
     fn id(value: &str, whole_token: bool) -> PlantedIdentifier {
@@ -295,7 +350,11 @@ mod tests {
         let today = 20_259;
         let scanner = LeakScanner::new(
             (0..64)
-                .flat_map(|i| SyntheticPatient::new(i, today).planted_identifiers())
+                .flat_map(|i| {
+                    let mut ids = SyntheticPatient::new(i, today).planted_identifiers();
+                    ids.extend(ImagingStudy::new(i, today).planted_identifiers());
+                    ids
+                })
                 .collect(),
         );
         let mut payload = String::from(r#"{"schema":1,"gateway":"wardgate-demo","records":["#);
@@ -332,5 +391,31 @@ mod tests {
             .findings
             .iter()
             .any(|f| f.place == "gateway disk: sub/spool.db-wal" && f.count == 1));
+    }
+
+    #[test]
+    fn ingest_files_scanned_on_arrival_are_not_counted_again() {
+        let ledger = LeakLedger::new(LeakScanner::new(vec![id("Quennell", false)]));
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("dicom")).unwrap();
+        std::fs::create_dir(dir.path().join(".partial")).unwrap();
+        let image = b"DICM..Quennell^Ottoline..";
+        std::fs::write(dir.path().join("dicom/f1"), image).unwrap();
+        std::fs::write(dir.path().join("dicom/f1.meta.json"), b"{}").unwrap();
+        std::fs::write(dir.path().join(".partial/f2"), b"QUENNELL").unwrap();
+        assert_eq!(ledger.scan_ingest_file("dicom/f1", image), 1);
+        ledger.scan_ingest_dir(dir.path()).unwrap();
+        let report = ledger.report();
+        assert_eq!(report.ingest_files_scanned, 3, "{report:?}");
+        assert_eq!(report.files_scanned, 0);
+        assert_eq!(report.leaks(), 2, "{report:?}");
+        let places: Vec<&str> = report.findings.iter().map(|f| f.place.as_str()).collect();
+        assert_eq!(
+            places,
+            [
+                "cloud imaging ingest: .partial/f2",
+                "cloud imaging ingest: dicom/f1"
+            ]
+        );
     }
 }

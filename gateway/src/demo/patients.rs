@@ -1,10 +1,12 @@
-//! Synthetic patients whose identifiers the demo plants in HL7 messages, and the list of
-//! those identifiers the leak check looks for.
+//! Synthetic patients whose identifiers the demo plants in HL7 messages (and, for the
+//! imaging path, in a CT image's header: [`ImagingStudy`]), and the list of those
+//! identifiers the leak check looks for.
 //!
 //! Invariants:
 //! - Every value is invented. Phone numbers are in the 555-01xx range reserved for
 //!   fiction, SSNs start with 9 and have a group of 40–49 (never issued as SSNs or
-//!   ITINs), e-mail addresses use `example.org`, cities do not exist.
+//!   ITINs), e-mail addresses use `example.org`, cities and hospitals do not exist, and
+//!   the UID root ([`DEMO_UID_ROOT`]) is made up.
 //! - Patients are a pure function of their index: the same index always yields the same
 //!   patient, different indices yield different MRNs, SSNs and phone numbers.
 //! - Every identifier is distinctive enough that finding it in the cloud's data means it
@@ -38,6 +40,12 @@ pub enum IdentifierKind {
     Licence,
     /// Free text from a note.
     FreeText,
+    /// The name of the hospital (DICOM InstitutionName): with a patient's other data it
+    /// narrows down who they are.
+    Institution,
+    /// A DICOM UID under the hospital's own root: it tells where an image was made, and
+    /// modalities often build UIDs from accession numbers and dates.
+    Uid,
 }
 
 impl IdentifierKind {
@@ -55,6 +63,8 @@ impl IdentifierKind {
             IdentifierKind::RecordNumber => "record number",
             IdentifierKind::Licence => "licence",
             IdentifierKind::FreeText => "free text",
+            IdentifierKind::Institution => "institution",
+            IdentifierKind::Uid => "UID",
         }
     }
 }
@@ -72,6 +82,23 @@ pub struct PlantedIdentifier {
     /// A derived form (e.g. digits only) that the HL7 does not carry verbatim but a
     /// careless transformation could produce; the rest are on the wire as written.
     pub variant: bool,
+}
+
+impl PlantedIdentifier {
+    /// An identifier of `kind`; whether it must be a whole token follows from its form.
+    #[must_use]
+    pub fn new(kind: IdentifierKind, value: String, variant: bool) -> Self {
+        let digits_only = value.chars().all(|c| c.is_ascii_digit());
+        // Short names ("Leo", "Holt") and short numbers (5-digit ZIP, 7-digit local
+        // number) occur inside longer words and numbers by chance: whole tokens only.
+        let whole_token = value.len() < 5 || (digits_only && value.len() < 8);
+        PlantedIdentifier {
+            kind,
+            value,
+            whole_token,
+            variant,
+        }
+    }
 }
 
 /// A date without time.
@@ -435,16 +462,7 @@ impl SyntheticPatient {
             if out.iter().any(|p| p.value.eq_ignore_ascii_case(&value)) {
                 return;
             }
-            let digits_only = value.chars().all(|c| c.is_ascii_digit());
-            // Short names ("Leo", "Holt") and short numbers (5-digit ZIP, 7-digit local
-            // number) occur inside longer words and numbers by chance: whole tokens only.
-            let whole_token = value.len() < 5 || (digits_only && value.len() < 8);
-            out.push(PlantedIdentifier {
-                kind,
-                value,
-                whole_token,
-                variant,
-            });
+            out.push(PlantedIdentifier::new(kind, value, variant));
         };
         let names = self.family.split('-').chain(
             [
@@ -595,6 +613,105 @@ impl SyntheticPatient {
     }
 }
 
+/// The root of every UID the demo hospital's modalities create. Made up for the demo;
+/// like a real site's root it names the organisation that made an image, so it must not
+/// leave the hospital.
+pub const DEMO_UID_ROOT: &str = "1.3.6.1.4.1.99999.7247";
+
+const INSTITUTIONS: [&str; 4] = [
+    "Hollowmere General Hospital",
+    "Saint Ebbawyn Infirmary",
+    "Quarrendon Vale Medical Centre",
+    "Blackthorne Ridge Hospital",
+];
+
+/// A CT study of a synthetic patient: what a modality writes into an image's header
+/// besides the patient's own identifiers (name, MRN, birth date and the referring
+/// physician come from [`SyntheticPatient`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImagingStudy {
+    /// InstitutionName (0008,0080).
+    pub institution: String,
+    /// AccessionNumber (0008,0050): `A` and nine digits.
+    pub accession: String,
+    /// StudyDate (0008,0020): a week or more before the demo runs (so no timestamp of the
+    /// run can contain it by chance).
+    pub study_date: Date,
+    /// StudyTime (0008,0030), `HHMMSS`.
+    pub study_time: String,
+}
+
+impl ImagingStudy {
+    /// The study of patient `index` (as [`SyntheticPatient::new`]); `today` (days since
+    /// 1970-01-01) anchors the study date seven to eleven days back.
+    #[must_use]
+    pub fn new(index: usize, today: i64) -> Self {
+        let serial = u32::try_from(index % 1000).unwrap_or(0);
+        let back = i64::try_from(7 + index % 5).unwrap_or(7);
+        let study_date = Date::from_days_since_epoch(today - back).unwrap_or(Date {
+            year: 2025,
+            month: 1,
+            day: 2,
+        });
+        ImagingStudy {
+            institution: INSTITUTIONS[index % INSTITUTIONS.len()].to_owned(),
+            accession: format!("A{:09}", 310_427_113 + serial * 7_717),
+            study_date,
+            study_time: format!("{:02}{:02}00", 8 + index % 9, (index * 23) % 60),
+        }
+    }
+
+    /// The accession number's digits, which the UIDs carry.
+    fn accession_digits(&self) -> &str {
+        self.accession.trim_start_matches('A')
+    }
+
+    /// StudyInstanceUID: the root, the accession number and the study date, as many
+    /// modalities build them.
+    #[must_use]
+    pub fn study_instance_uid(&self) -> String {
+        format!(
+            "{DEMO_UID_ROOT}.1.{}.{}",
+            self.accession_digits(),
+            self.study_date.hl7()
+        )
+    }
+
+    /// SeriesInstanceUID of the study's one series.
+    #[must_use]
+    pub fn series_instance_uid(&self) -> String {
+        format!("{DEMO_UID_ROOT}.2.{}.1", self.accession_digits())
+    }
+
+    /// SOPInstanceUID of the series' one image.
+    #[must_use]
+    pub fn sop_instance_uid(&self) -> String {
+        format!("{DEMO_UID_ROOT}.3.{}.1.1", self.accession_digits())
+    }
+
+    /// FrameOfReferenceUID of the series.
+    #[must_use]
+    pub fn frame_of_reference_uid(&self) -> String {
+        format!("{DEMO_UID_ROOT}.4.{}", self.accession_digits())
+    }
+
+    /// The identifiers the study adds to its patient's: institution, accession number
+    /// (also its digits alone, as a UID carries them), study date (also ISO, a variant)
+    /// and the UID root (found in any UID that was not replaced).
+    #[must_use]
+    pub fn planted_identifiers(&self) -> Vec<PlantedIdentifier> {
+        use IdentifierKind as K;
+        vec![
+            PlantedIdentifier::new(K::Institution, self.institution.clone(), false),
+            PlantedIdentifier::new(K::RecordNumber, self.accession.clone(), false),
+            PlantedIdentifier::new(K::RecordNumber, self.accession_digits().to_owned(), true),
+            PlantedIdentifier::new(K::Date, self.study_date.hl7(), false),
+            PlantedIdentifier::new(K::Date, self.study_date.iso(), true),
+            PlantedIdentifier::new(K::Uid, DEMO_UID_ROOT.to_owned(), false),
+        ]
+    }
+}
+
 /// Builds `NAME|f1|f2|…` with the given fields at their 1-based positions.
 #[must_use]
 pub fn segment(name: &str, fields: &[(usize, String)]) -> String {
@@ -670,7 +787,11 @@ mod tests {
             let p = SyntheticPatient::new(i, TODAY);
             assert!(p.ssn.starts_with('9') && p.ssn[4..5] == *"4", "{}", p.ssn);
             assert!(p.home_phone.local.starts_with("55501"));
-            for id in p.planted_identifiers() {
+            for id in p
+                .planted_identifiers()
+                .into_iter()
+                .chain(ImagingStudy::new(i, TODAY).planted_identifiers())
+            {
                 assert!(id.value.is_ascii(), "{id:?}");
                 if !id.whole_token {
                     assert!(id.value.len() >= 5, "{id:?}");
@@ -682,6 +803,31 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn imaging_study_uids_are_valid_and_carry_the_planted_root() {
+        for i in 0..64 {
+            let study = ImagingStudy::new(i, TODAY);
+            assert!(study.study_date.hl7().as_str() < "20250614", "{study:?}");
+            for uid in [
+                study.study_instance_uid(),
+                study.series_instance_uid(),
+                study.sop_instance_uid(),
+                study.frame_of_reference_uid(),
+            ] {
+                assert!(uid.len() <= 64 && uid.starts_with(DEMO_UID_ROOT), "{uid}");
+                assert!(
+                    uid.split('.')
+                        .all(|c| !c.is_empty() && (c == "0" || !c.starts_with('0'))),
+                    "{uid}: components must not have leading zeros"
+                );
+            }
+        }
+        assert_ne!(
+            ImagingStudy::new(0, TODAY).accession,
+            ImagingStudy::new(1, TODAY).accession
+        );
     }
 
     #[test]

@@ -51,7 +51,9 @@ pub struct DemoOptions {
     /// Seed of the simulated vital signs; random if `None`.
     pub seed: Option<u64>,
     /// Also run the simulated non-HL7 devices this build has adapters for: a chiller
-    /// polled over Modbus TCP and a mapping system whose log the gateway follows.
+    /// polled over Modbus TCP, a mapping system whose log the gateway follows, and a CT
+    /// scanner storing an image over DICOM, which the gateway de-identifies and uploads
+    /// to a stand-in cloud imaging ingest.
     pub devices: bool,
 }
 
@@ -76,8 +78,13 @@ pub struct DemoSummary {
     pub monitors: usize,
     /// Whether simulated non-HL7 devices ran.
     pub devices: bool,
-    /// Message and record counts.
+    /// Whether the imaging path ran (CT scanner, DICOM receiver, upload, cloud ingest).
+    pub imaging: bool,
+    /// Message, record and image counts.
     pub counts: TallySnapshot,
+    /// What the demo found in the image the cloud received, if one arrived.
+    #[cfg(feature = "dicom")]
+    pub image: Option<super::imaging::ImageReport>,
     /// What the leak check scanned and found.
     pub leak_report: LeakReport,
     /// Whether Ctrl-C ended the run.
@@ -109,12 +116,25 @@ impl DemoSummary {
         self.leak_report.leaks()
     }
 
+    /// Distinct images the cloud imaging ingest received.
+    #[must_use]
+    pub fn images_received(&self) -> u64 {
+        self.counts.images_received
+    }
+
     /// No leak, something acknowledged, every acknowledged message and every device log
     /// line written delivered, every message answered with AA/CA, and every cloud payload
-    /// decodable.
+    /// decodable; with the imaging path, an image arrived, every image stored at the
+    /// gateway arrived, and every one that arrived was de-identified with its pixels
+    /// intact.
     #[must_use]
     pub fn passed(&self) -> bool {
         let c = &self.counts;
+        let imaging_ok = !self.imaging
+            || (c.images_received > 0
+                && c.images_failed == 0
+                && c.images_bad == 0
+                && c.images_undelivered() == 0);
         self.leaks() == 0
             && c.acked > 0
             && c.undelivered == 0
@@ -123,6 +143,7 @@ impl DemoSummary {
             && c.rejected == 0
             && c.failed == 0
             && c.undecodable == 0
+            && imaging_ok
     }
 }
 
@@ -149,6 +170,9 @@ pub enum DemoError {
     /// The stand-in broker could not start.
     #[error(transparent)]
     Broker(#[from] broker::BrokerError),
+    /// The stand-in cloud imaging ingest could not start.
+    #[error("cloud imaging ingest: {0}")]
+    Ingest(#[from] crate::receive::ReceiveError),
     /// The viewer could not subscribe.
     #[error(transparent)]
     Viewer(#[from] viewer::ViewerError),
@@ -159,7 +183,7 @@ pub enum DemoError {
     #[error("gateway: {0}")]
     Gateway(#[from] crate::daemon::DaemonError),
     /// The data directory could not be scanned for leaks.
-    #[error("scanning the gateway's data directory: {0}")]
+    #[error("scanning the gateway's data directory or the imaging ingest: {0}")]
     Scan(std::io::Error),
 }
 
@@ -287,11 +311,19 @@ async fn run_in(
     // those checked below.
     #[cfg(feature = "logfile")]
     let logged_patient = sims[0].patient().clone();
-    let ledger = Arc::new(LeakLedger::new(LeakScanner::new(
-        sims.iter()
-            .flat_map(|s| s.patient().planted_identifiers())
-            .collect(),
-    )));
+    // The CT scanner images monitor 0's patient; its study's identifiers are checked too.
+    #[cfg(feature = "dicom")]
+    let imaged_patient = (sims[0].patient().clone(), sims[0].bed().to_owned());
+    #[allow(unused_mut)]
+    let mut identifiers: Vec<_> = sims
+        .iter()
+        .flat_map(|s| s.patient().planted_identifiers())
+        .collect();
+    #[cfg(feature = "dicom")]
+    if options.devices {
+        identifiers.extend(super::patients::ImagingStudy::new(0, today).planted_identifiers());
+    }
+    let ledger = Arc::new(LeakLedger::new(LeakScanner::new(identifiers)));
     let tally = Arc::new(DemoTally::default());
 
     let tap: IngressTap = {
@@ -340,7 +372,7 @@ async fn run_in(
         }
     };
 
-    let devices = match DemoDevices::start(options.devices, work, seed).await {
+    let devices = match DemoDevices::start(options.devices, work, seed, &pki).await {
         Ok(devices) => devices,
         Err(e) => {
             viewer.stop().await;
@@ -398,6 +430,20 @@ async fn run_in(
         console.clone(),
         stop_rx.clone(),
     );
+    // Likewise the CT scanner images the patient only once the cloud can hold their vital
+    // signs, so the image's pseudonym can be compared with theirs.
+    #[cfg(feature = "dicom")]
+    devices.spawn_modality(
+        &mut monitor_tasks,
+        (&imaged_patient.0, &imaged_patient.1),
+        today,
+        gateway.dicom_addr(),
+        tally.monitor_acked(0),
+        tally.clone(),
+        console.clone(),
+        ledger.clone(),
+        stop_rx.clone(),
+    );
 
     let started = Instant::now();
     let interrupted = wait_for_end(console, options.duration, &tally, interrupt).await;
@@ -416,18 +462,29 @@ async fn run_in(
 
     gateway.shutdown().await;
     let devices_ran = devices.any();
+    let imaging_ran = devices.imaging();
+    let ingest_dir = devices.ingest_dir();
+    #[cfg(feature = "dicom")]
+    let image = devices.image_report();
     devices.shutdown().await;
     viewer.stop().await;
     broker.shutdown().await;
 
-    // The spool is closed now: whatever the gateway wrote is on disk, WAL included.
+    // The spool is closed now: whatever the gateway wrote is on disk, WAL included. The
+    // ingest has checkpointed whatever it holds.
     ledger.scan_dir(&data_dir).map_err(DemoError::Scan)?;
+    if let Some(dir) = &ingest_dir {
+        ledger.scan_ingest_dir(dir).map_err(DemoError::Scan)?;
+    }
 
     let summary = DemoSummary {
         ran_for,
         monitors: options.monitors,
         devices: devices_ran,
+        imaging: imaging_ran,
         counts: tally.snapshot(),
+        #[cfg(feature = "dicom")]
+        image,
         leak_report: ledger.report(),
         interrupted,
     };
@@ -443,7 +500,13 @@ async fn start_gateway(
     devices: &DemoDevices,
 ) -> Result<Gateway, DemoError> {
     let config_path = work.join("wardgate.toml");
-    let text = gateway_config(data_dir, broker, pki, devices.config()?)?;
+    let text = gateway_config(
+        data_dir,
+        broker,
+        pki,
+        devices.config()?,
+        devices.sections(data_dir)?,
+    )?;
     std::fs::write(&config_path, &text).map_err(|source| DemoError::WorkDir {
         path: config_path.clone(),
         source,
@@ -453,12 +516,14 @@ async fn start_gateway(
 }
 
 /// The gateway's config: only the required keys, everything else at its default, plus
-/// the `[[device]]` tables of the simulated devices.
+/// the `[[device]]` tables of the simulated devices and the sections they need
+/// (`sections`, e.g. `[dicom]` and `[bulk_upload]`).
 fn gateway_config(
     data_dir: &Path,
     broker: SocketAddr,
     pki: &DemoPki,
     devices: Vec<toml::Value>,
+    sections: toml::Table,
 ) -> Result<String, DemoError> {
     let path = |p: &Path| {
         p.to_str()
@@ -488,6 +553,7 @@ fn gateway_config(
     root.insert("gateway".into(), gateway.into());
     root.insert("cloud".into(), cloud.into());
     root.insert("hl7".into(), hl7.into());
+    root.extend(sections);
     if !devices.is_empty() {
         root.insert("device".into(), toml::Value::Array(devices));
     }
@@ -599,13 +665,20 @@ fn print_header(
     for line in devices.describe() {
         console.line(&line);
     }
-    let planted_in = if devices.any() {
-        "PID/NTE/NK1/PV1 and the device log"
+    let mut places = vec!["PID/NTE/NK1/PV1"];
+    places.extend(devices.planted_in());
+    let planted_in = match places.split_last() {
+        Some((last, [single])) => format!("{single} and {last}"),
+        Some((last, rest)) if !rest.is_empty() => format!("{}, and {last}", rest.join(", ")),
+        _ => places.join(""),
+    };
+    let imaging_kinds = if devices.imaging() {
+        ", hospital, accession number, study date, UID root"
     } else {
-        "PID/NTE/NK1/PV1"
+        ""
     };
     console.line(&format!(
-        "  PHI       {identifiers} synthetic identifiers (names, MRNs, birth dates, addresses, phones, SSNs, notes) \
+        "  PHI       {identifiers} synthetic identifiers (names, MRNs, birth dates, addresses, phones, SSNs, notes{imaging_kinds}) \
          planted in {planted_in}; every byte the cloud receives is checked for each of them"
     ));
     console.line("");
@@ -652,8 +725,27 @@ fn print_summary(console: &Console, summary: &DemoSummary) {
             c.log_lines_undelivered()
         ));
     }
+    if summary.imaging {
+        let good = c.images_received.saturating_sub(c.images_bad);
+        console.line(&format!(
+            "  imaging           {} image(s) sent, {} stored by the gateway (C-STORE success), {} received \
+             by the cloud imaging ingest ({good} de-identified with pixels intact), {} stored but missing",
+            c.images_sent,
+            c.images_stored,
+            c.images_received,
+            c.images_undelivered()
+        ));
+    }
+    let ingest = if summary.imaging {
+        format!(
+            ", {} files ({} bytes) at the imaging ingest",
+            r.ingest_files_scanned, r.ingest_bytes_scanned
+        )
+    } else {
+        String::new()
+    };
     console.line(&format!(
-        "  leak check        {} identifiers × {} packets ({} bytes) at the broker, {} files ({} bytes) in the gateway's data directory",
+        "  leak check        {} identifiers × {} packets ({} bytes) at the broker, {} files ({} bytes) in the gateway's data directory{ingest}",
         r.identifiers, r.packets_scanned, r.bytes_scanned, r.files_scanned, r.file_bytes_scanned
     ));
     if r.findings.is_empty() {
@@ -748,12 +840,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let pki = DemoPki::generate(dir.path(), GATEWAY_ID, VIEWER_CN, SystemTime::now()).unwrap();
         let broker: SocketAddr = "127.0.0.1:18883".parse().unwrap();
-        let text = gateway_config(&dir.path().join("data"), broker, &pki, Vec::new()).unwrap();
+        let text = gateway_config(
+            &dir.path().join("data"),
+            broker,
+            &pki,
+            Vec::new(),
+            toml::Table::new(),
+        )
+        .unwrap();
         let config = Config::parse(&text, &dir.path().join("wardgate.toml")).unwrap();
         assert_eq!(config.gateway.id, GATEWAY_ID);
         assert_eq!(config.cloud.mqtt_url, "mqtts://127.0.0.1:18883");
         assert_eq!(config.hl7.listen.port(), 0);
         assert!(config.devices.is_empty());
+        assert!(config.dicom.is_none() && config.bulk_upload.is_none());
     }
 
     /// The simulated devices are declared as a site would declare them, and the gateway
@@ -764,18 +864,46 @@ mod tests {
         use super::super::devices::{CHILLER_ID, MAPPING_SYSTEM_ID};
         let dir = tempfile::tempdir().unwrap();
         let pki = DemoPki::generate(dir.path(), GATEWAY_ID, VIEWER_CN, SystemTime::now()).unwrap();
-        let devices = DemoDevices::start(true, dir.path(), 1).await.unwrap();
+        let devices = DemoDevices::start(true, dir.path(), 1, &pki).await.unwrap();
         let broker: SocketAddr = "127.0.0.1:18883".parse().unwrap();
+        let data_dir = dir.path().join("data");
         let text = gateway_config(
-            &dir.path().join("data"),
+            &data_dir,
             broker,
             &pki,
             devices.config().unwrap(),
+            devices.sections(&data_dir).unwrap(),
         )
         .unwrap();
         let config = Config::parse(&text, &dir.path().join("wardgate.toml")).unwrap();
         let ids: Vec<&str> = config.devices.iter().map(|d| d.id.as_str()).collect();
+        #[cfg(not(feature = "dicom"))]
         assert_eq!(ids, [CHILLER_ID, MAPPING_SYSTEM_ID]);
+        // The CT scanner: known by its AE title, allowed as a caller from loopback only,
+        // its objects uploaded to the ingest with the gateway's own client certificate.
+        #[cfg(feature = "dicom")]
+        {
+            use super::super::devices::{CT_SCANNER_ID, DICOM_TEMP_DIR};
+            use super::super::modality::{GATEWAY_AE_TITLE, MODALITY_AE_TITLE};
+            assert_eq!(ids, [CHILLER_ID, MAPPING_SYSTEM_ID, CT_SCANNER_ID]);
+            assert_eq!(
+                config.devices[2].dicom_ae_title.as_deref(),
+                Some(MODALITY_AE_TITLE)
+            );
+            let dicom = config.dicom.as_ref().unwrap();
+            assert_eq!(dicom.ae_title, GATEWAY_AE_TITLE);
+            assert!(dicom.listen.ip().is_loopback() && dicom.listen.port() != 0);
+            assert_eq!(dicom.temp_dir, data_dir.join(DICOM_TEMP_DIR));
+            assert!(dicom.caller_allowed(MODALITY_AE_TITLE, "127.0.0.1".parse().unwrap()));
+            assert!(!dicom.caller_allowed(MODALITY_AE_TITLE, "10.0.0.9".parse().unwrap()));
+            let bulk = config.bulk_upload.as_ref().unwrap();
+            assert_eq!(bulk.cert_file, pki.gateway.cert_file);
+            assert_eq!(bulk.ca_file, pki.ca_file);
+            assert_eq!(
+                config.phi.dicom.dates,
+                crate::phi::dicom::DatePolicy::Remove
+            );
+        }
         let chiller = config.devices[0].modbus.as_ref().unwrap();
         assert_eq!(chiller.poll_interval_ms, 500);
         assert_eq!(chiller.points.len(), 3);
@@ -911,17 +1039,125 @@ mod tests {
             assert!(output.contains("log    cathlab-carto"), "{output}");
             assert!(output.contains("[NAME]"), "{output}");
         }
-        // The planted identifiers are in what the monitors send (and the device writes),
-        // not in what the cloud shows.
-        let patient = SyntheticPatient::new(0, days_since_epoch(SystemTime::now()));
-        for planted in [
-            &patient.family,
-            &patient.given,
-            &patient.mrn,
-            &patient.email,
-        ] {
-            assert!(!output.contains(planted.as_str()), "{planted}: {output}");
+        // The imaging path: one CT image stored at the gateway, received by the cloud
+        // imaging ingest de-identified (pseudonym linking it to Bed 01's vital signs, UIDs
+        // replaced, dates emptied), pixels intact, and nothing planted in it (above).
+        #[cfg(feature = "dicom")]
+        {
+            let c = &summary.counts;
+            assert!(summary.imaging, "{summary:?}");
+            assert_eq!(
+                (
+                    c.images_sent,
+                    c.images_stored,
+                    c.images_received,
+                    c.images_bad
+                ),
+                (1, 1, 1, 0),
+                "{summary:?}\n{output}"
+            );
+            assert_eq!(summary.images_received(), 1);
+            let image = summary.image.as_ref().unwrap();
+            assert!(image.passed(), "{image:?}\n{output}");
+            assert!(
+                image.pixels_intact && image.linked_to_vital_signs,
+                "{image:?}\n{output}"
+            );
+            assert!(
+                summary.leak_report.ingest_files_scanned >= 2,
+                "{:?}",
+                summary.leak_report
+            );
+            for shown in [
+                "arrived at the cloud imaging ingest",
+                "PatientIdentityRemoved",
+                "113100 Basic Application Confidentiality Profile",
+                "as Bed 01's vital signs",
+                "✓ de-identified",
+            ] {
+                assert!(output.contains(shown), "{shown}: {output}");
+            }
         }
+        // The planted identifiers are in what the monitors send (and the devices write),
+        // not in what the cloud shows: only the image table's column of what the scanner
+        // sent (left of its arrow, marked as staying on the LAN) may show them.
+        let today = days_since_epoch(SystemTime::now());
+        let patient = SyntheticPatient::new(0, today);
+        let study = super::super::patients::ImagingStudy::new(0, today);
+        let planted = [
+            patient.family.clone(),
+            patient.given.clone(),
+            patient.mrn.clone(),
+            patient.email.clone(),
+            study.institution.clone(),
+            study.accession.clone(),
+            super::super::patients::DEMO_UID_ROOT.to_owned(),
+        ];
+        for line in output.lines() {
+            let cloud_side = if line.contains('│') {
+                line.split_once('→').map_or(line, |(_, right)| right)
+            } else {
+                line
+            };
+            for value in &planted {
+                assert!(!cloud_side.contains(value.as_str()), "{value}: {line}");
+            }
+        }
+    }
+
+    /// The verdict needs the image: one that never arrived, failed a check, or carried a
+    /// planted identifier fails the demo however well everything else went.
+    #[test]
+    fn imaging_failures_fail_the_demo() {
+        let good = DemoSummary {
+            ran_for: Duration::from_secs(6),
+            monitors: 1,
+            devices: true,
+            imaging: true,
+            counts: TallySnapshot {
+                sent: 10,
+                acked: 10,
+                records: 10,
+                images_sent: 1,
+                images_stored: 1,
+                images_received: 1,
+                ..TallySnapshot::default()
+            },
+            #[cfg(feature = "dicom")]
+            image: None,
+            leak_report: LeakReport::default(),
+            interrupted: false,
+        };
+        assert!(good.passed());
+        let with = |change: fn(&mut DemoSummary)| {
+            let mut summary = good.clone();
+            change(&mut summary);
+            summary.passed()
+        };
+        assert!(!with(|s| s.counts.images_received = 0), "never arrived");
+        assert!(!with(|s| {
+            s.counts.images_received = 0;
+            s.counts.images_stored = 0;
+            s.counts.images_failed = 1;
+        }));
+        assert!(!with(|s| s.counts.images_bad = 1), "failed a check");
+        assert!(!with(|s| {
+            s.leak_report
+                .findings
+                .push(super::super::leak::LeakFinding {
+                    kind: super::super::patients::IdentifierKind::Institution,
+                    value: "Hollowmere General Hospital".into(),
+                    place: "cloud imaging ingest: dicom/f1".into(),
+                    count: 1,
+                });
+        }));
+        // Without the imaging path nothing about images is required.
+        assert!(with(|s| {
+            s.imaging = false;
+            s.counts.images_sent = 0;
+            s.counts.images_stored = 0;
+            s.counts.images_received = 0;
+        }));
     }
 
     /// The verdict is not vacuous: an identifier that does reach the broker is found,

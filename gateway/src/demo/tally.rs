@@ -12,6 +12,9 @@
 //! - [`DemoTally::monitor_acked`] completes only after the gateway acknowledged a message
 //!   of that monitor, i.e. after the HL7 PHI stage saw (and learned the names of) its
 //!   patient.
+//! - Images are matched by count: every image the gateway acknowledged to the simulated
+//!   modality (C-STORE success) must arrive at the cloud imaging ingest, and every one that
+//!   arrives must pass the demo's checks (de-identified, pixels intact).
 
 use std::collections::{BTreeSet, HashSet};
 use std::future::Future;
@@ -28,6 +31,8 @@ struct Inner {
     acked_ids: HashSet<String>,
     received_ids: HashSet<String>,
     record_ids: HashSet<RecordId>,
+    /// Patient pseudonyms on the observation and alarm records the cloud received.
+    patients: HashSet<String>,
 }
 
 /// Counters at one moment.
@@ -65,6 +70,17 @@ pub struct TallySnapshot {
     pub undecodable: u64,
     /// Acknowledged messages whose record has not (yet) reached the cloud.
     pub undelivered: u64,
+    /// Images the simulated modality sent (C-STORE requests).
+    pub images_sent: u64,
+    /// ... that the gateway answered with success.
+    pub images_stored: u64,
+    /// ... that failed (a failure status, or no association or answer).
+    pub images_failed: u64,
+    /// Distinct images the cloud imaging ingest received.
+    pub images_received: u64,
+    /// ... of which failed the demo's checks (unreadable, not de-identified, pixels
+    /// changed).
+    pub images_bad: u64,
 }
 
 impl TallySnapshot {
@@ -73,6 +89,12 @@ impl TallySnapshot {
     pub const fn log_lines_undelivered(&self) -> u64 {
         self.log_lines_written
             .saturating_sub(self.log_lines_received)
+    }
+
+    /// Images stored at the gateway that have not (yet) reached the cloud.
+    #[must_use]
+    pub const fn images_undelivered(&self) -> u64 {
+        self.images_stored.saturating_sub(self.images_received)
     }
 }
 
@@ -154,6 +176,14 @@ impl DemoTally {
             return false;
         }
         inner.snapshot.records += 1;
+        let patient = match &record.body {
+            RecordBody::Observations(r) => r.patient.as_ref(),
+            RecordBody::Alarm(r) => r.patient.as_ref(),
+            _ => None,
+        };
+        if let Some(patient) = patient {
+            inner.patients.insert(patient.0.clone());
+        }
         let control_id = match &record.body {
             RecordBody::Observations(r) => Some(&r.control_id),
             RecordBody::Alarm(r) => {
@@ -184,6 +214,36 @@ impl DemoTally {
     /// The cloud received a payload the viewer could not decode.
     pub fn undecodable(&self) {
         self.lock().snapshot.undecodable += 1;
+    }
+
+    /// Whether the cloud received an observation or alarm record about `pseudonym`.
+    #[must_use]
+    pub fn patient_seen(&self, pseudonym: &str) -> bool {
+        self.lock().patients.contains(pseudonym)
+    }
+
+    /// The simulated modality is about to send an image.
+    pub fn image_sent(&self) {
+        self.lock().snapshot.images_sent += 1;
+    }
+
+    /// The gateway answered the image's C-STORE: stored (success) or not.
+    pub fn image_answered(&self, stored: bool) {
+        let mut inner = self.lock();
+        if stored {
+            inner.snapshot.images_stored += 1;
+        } else {
+            inner.snapshot.images_failed += 1;
+        }
+    }
+
+    /// The cloud imaging ingest received an image; `good` if it passed the checks.
+    pub fn image_received(&self, good: bool) {
+        let mut inner = self.lock();
+        inner.snapshot.images_received += 1;
+        if !good {
+            inner.snapshot.images_bad += 1;
+        }
     }
 
     /// The counters now.
