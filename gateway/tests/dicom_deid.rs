@@ -8,32 +8,19 @@
 
 use std::process::Command;
 
-use dicom_core::value::DataSetSequence;
-use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
-use dicom_dictionary_std::{tags, StandardDataDictionary};
+use dicom_core::{Tag, VR};
+use dicom_dictionary_std::tags;
 use dicom_object::file::ReadPreamble;
-use dicom_object::meta::FileMetaTableBuilder;
 use dicom_object::{InMemDicomObject, OpenFileOptions};
 use wardgate::phi::dicom::{
     table_e1_1, DatePolicy, DeidOptions, DeidOutcome, DeidentifiedObject, DicomError, DicomRules,
     QuarantineReason, SafePrivateTag,
 };
 use wardgate::phi::PseudonymKey;
-
-const CT_IMAGE_STORAGE: &str = "1.2.840.10008.5.1.4.1.1.2";
-const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
-const IMPLICIT_LE: &str = "1.2.840.10008.1.2";
-const STUDY: &str = "1.2.826.0.1.3680043.8.498.1001";
-const SERIES: &str = "1.2.826.0.1.3680043.8.498.1002";
-const FRAME_OF_REFERENCE: &str = "1.2.826.0.1.3680043.8.498.1003";
-const INSTANCE_A: &str = "1.2.826.0.1.3680043.8.498.1004";
-const INSTANCE_B: &str = "1.2.826.0.1.3680043.8.498.1005";
-const MRN: &str = "MRN-7730021";
-const PATIENT_NAME: &str = "DOE^JANE^Q";
-const ISSUER: &str = "HOSP";
-/// The date planted everywhere a date goes: it must never appear in the output.
-const PLANTED_DATE: &str = "19710203";
-const PLANTED_TIME: &str = "043201.987";
+use wardgate_tests::dicom_objects::{
+    self, text, Built, CT_IMAGE_STORAGE, EXPLICIT_LE, FRAME_OF_REFERENCE, IMPLICIT_LE, INSTANCE_A,
+    INSTANCE_B, ISSUER, MRN, PLANTED_TIME, SERIES, STUDY,
+};
 
 fn key() -> PseudonymKey {
     PseudonymKey::from_bytes(&[42; 32])
@@ -51,264 +38,12 @@ fn safe_private() -> Vec<SafePrivateTag> {
     }]
 }
 
-type El = DataElement<InMemDicomObject>;
-
-fn text(tag: Tag, vr: VR, v: &str) -> El {
-    DataElement::new(tag, vr, PrimitiveValue::from(v))
-}
-
-fn seq(tag: Tag, items: Vec<InMemDicomObject>) -> El {
-    DataElement::new(tag, VR::SQ, DataSetSequence::from(items))
-}
-
-fn obj(elements: Vec<El>) -> InMemDicomObject {
-    InMemDicomObject::from_element_iter(elements)
-}
-
-/// A planted identifier for a table attribute, fitting its dictionary VR; `None` for
-/// binary VRs whose planted value cannot be searched for in the output (they are still
-/// planted).
-fn planted(tag: Tag, vr: VR, index: usize) -> (El, Option<Vec<u8>>) {
-    let word = format!("PHI{:04X}{:04X}", tag.0, tag.1);
-    let searchable = |v: &str| Some(v.as_bytes().to_vec());
-    match vr {
-        VR::SQ => {
-            let inner = format!("PHISQ{:04X}{:04X}", tag.0, tag.1);
-            let item = obj(vec![
-                text(tags::PATIENT_NAME, VR::PN, &inner),
-                text(tags::PATIENT_COMMENTS, VR::LT, &format!("{inner}C")),
-            ]);
-            (seq(tag, vec![item]), searchable(&inner))
-        }
-        VR::UI => {
-            let uid = format!("1.2.826.0.1.3680043.8.498.9{:04}{:03}", index, tag.1 % 1000);
-            (text(tag, vr, &uid), searchable(&uid))
-        }
-        VR::DA => (text(tag, vr, PLANTED_DATE), searchable(PLANTED_DATE)),
-        VR::DT => (
-            text(tag, vr, &format!("{PLANTED_DATE}101112")),
-            searchable(PLANTED_DATE),
-        ),
-        VR::TM => (text(tag, vr, PLANTED_TIME), searchable(PLANTED_TIME)),
-        VR::AS => (text(tag, vr, "071Y"), searchable("071Y")),
-        VR::DS | VR::IS => {
-            let n = format!("{}", 870_000 + index);
-            (text(tag, vr, &n), searchable(&n))
-        }
-        VR::CS => {
-            let w = format!("PHI_{:04X}{:04X}", tag.0, tag.1);
-            (text(tag, vr, &w), searchable(&w))
-        }
-        VR::US => (DataElement::new(tag, vr, PrimitiveValue::from(7u16)), None),
-        VR::SS => (DataElement::new(tag, vr, PrimitiveValue::from(7i16)), None),
-        VR::UL => (DataElement::new(tag, vr, PrimitiveValue::from(7u32)), None),
-        VR::SL => (DataElement::new(tag, vr, PrimitiveValue::from(7i32)), None),
-        VR::FL => (DataElement::new(tag, vr, PrimitiveValue::from(7f32)), None),
-        VR::FD => (DataElement::new(tag, vr, PrimitiveValue::from(7f64)), None),
-        VR::AT => (DataElement::new(tag, vr, PrimitiveValue::from(tag)), None),
-        VR::OB | VR::OW | VR::UN | VR::OF | VR::OD | VR::OL | VR::OV => {
-            let bytes = format!("{word}BIN").into_bytes();
-            (
-                DataElement::new(tag, vr, PrimitiveValue::from(bytes.clone())),
-                Some(bytes),
-            )
-        }
-        _ => (text(tag, vr, &word), searchable(&word)),
-    }
-}
-
-/// Attributes the object needs with real values (identity of the instance), and the
-/// meta/command groups that do not belong in a data set: not planted.
-fn not_planted(tag: Tag) -> bool {
-    tag.0 <= 0x0002
-        || [
-            tags::SOP_INSTANCE_UID,
-            tags::STUDY_INSTANCE_UID,
-            tags::SERIES_INSTANCE_UID,
-            tags::FRAME_OF_REFERENCE_UID,
-            tags::PATIENT_ID,
-            tags::PATIENT_NAME,
-            tags::PATIENT_BIRTH_DATE,
-            tags::ISSUER_OF_PATIENT_ID,
-            // Planted as the cross-instance references below.
-            tags::REFERENCED_IMAGE_SEQUENCE,
-            tags::SOURCE_IMAGE_SEQUENCE,
-            tags::REFERENCED_SOP_INSTANCE_UID,
-        ]
-        .contains(&tag)
-}
-
-fn dictionary_vr(tag: Tag) -> VR {
-    use dicom_core::dictionary::DataDictionary;
-    StandardDataDictionary
-        .by_tag(tag)
-        .map(|e| e.vr.relaxed())
-        .unwrap()
-}
-
-struct Built {
-    bytes: Vec<u8>,
-    /// Values that must not appear anywhere in the output.
-    planted: Vec<(Tag, Vec<u8>)>,
-    pixels: Vec<u8>,
-}
-
-/// A 512×512×16-bit CT image with planted identifiers in every table attribute, a
-/// three-level nested reference chain, private tags, and references to `referenced`.
+/// A 512×512×16-bit CT image with planted identifiers in every Table E.1-1 attribute, a
+/// three-level nested reference chain, private tags, and references to `referenced`
+/// (the shared builder of `wardgate_tests::dicom_objects`).
 fn ct_image(instance: &str, referenced: &str, study_date: &str, ts: &str) -> Built {
-    let mut planted_values = Vec::new();
-    let mut elements = Vec::new();
-    for (index, ((g, e), _action)) in table_e1_1().into_iter().enumerate() {
-        let tag = Tag(g, e);
-        if not_planted(tag) {
-            continue;
-        }
-        let (element, search) = planted(tag, dictionary_vr(tag), index);
-        elements.push(element);
-        if let Some(s) = search {
-            planted_values.push((tag, s));
-        }
-    }
-    // Real identity, overriding planted values where the table lists the attribute.
-    let pixels: Vec<u8> = (0..512u32 * 512)
-        .flat_map(|i| ((i * 7) % 4096).to_le_bytes()[..2].to_vec())
-        .collect();
-    let reference = |extra: Vec<El>| {
-        let mut v = vec![
-            text(tags::REFERENCED_SOP_CLASS_UID, VR::UI, CT_IMAGE_STORAGE),
-            text(tags::REFERENCED_SOP_INSTANCE_UID, VR::UI, referenced),
-        ];
-        v.extend(extra);
-        obj(v)
-    };
-    // Level 3: inside ReferencedImageSequence inside ReferencedInstanceSequence inside
-    // ReferencedSeriesSequence.
-    let level3 = reference(vec![
-        text(tags::PATIENT_NAME, VR::PN, "NESTED3^PHI"),
-        text(tags::OTHER_PATIENT_NAMES, VR::PN, "NESTEDMRN3"),
-        text(tags::STUDY_DATE, VR::DA, study_date),
-        text(tags::STUDY_INSTANCE_UID, VR::UI, STUDY),
-        text(tags::INSTITUTION_NAME, VR::LO, "NESTED3 GENERAL HOSPITAL"),
-        text(Tag(0x0009, 0x0010), VR::LO, "ACME SAFE"),
-        text(Tag(0x0009, 0x1002), VR::LO, "NESTED3PRIVATE"),
-    ]);
-    let level2 = obj(vec![
-        text(tags::PATIENT_NAME, VR::PN, "NESTED2^PHI"),
-        text(tags::REFERENCED_SOP_INSTANCE_UID, VR::UI, referenced),
-        seq(tags::REFERENCED_IMAGE_SEQUENCE, vec![level3]),
-    ]);
-    let level1 = obj(vec![
-        text(tags::PATIENT_NAME, VR::PN, "NESTED1^PHI"),
-        text(tags::SERIES_INSTANCE_UID, VR::UI, SERIES),
-        seq(tags::REFERENCED_INSTANCE_SEQUENCE, vec![level2]),
-    ]);
-    elements.extend([
-        text(tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 100"),
-        text(tags::SOP_CLASS_UID, VR::UI, CT_IMAGE_STORAGE),
-        text(tags::SOP_INSTANCE_UID, VR::UI, instance),
-        text(tags::STUDY_DATE, VR::DA, study_date),
-        text(tags::MODALITY, VR::CS, "CT"),
-        text(tags::PATIENT_NAME, VR::PN, PATIENT_NAME),
-        text(tags::PATIENT_ID, VR::LO, MRN),
-        text(tags::ISSUER_OF_PATIENT_ID, VR::LO, ISSUER),
-        text(tags::PATIENT_BIRTH_DATE, VR::DA, "19620417"),
-        text(tags::STUDY_INSTANCE_UID, VR::UI, STUDY),
-        text(tags::SERIES_INSTANCE_UID, VR::UI, SERIES),
-        text(tags::FRAME_OF_REFERENCE_UID, VR::UI, FRAME_OF_REFERENCE),
-        text(tags::BURNED_IN_ANNOTATION, VR::CS, "NO"),
-        // Not in the table: an unlisted date, an unlisted name, a kept attribute.
-        text(tags::SECONDARY_REVIEW_DATE, VR::DA, study_date),
-        text(tags::SECONDARY_REVIEWER_NAME, VR::PN, "REVIEWER^UNLISTED"),
-        text(tags::BODY_PART_EXAMINED, VR::CS, "CHEST"),
-        seq(tags::REFERENCED_IMAGE_SEQUENCE, vec![reference(vec![])]),
-        seq(
-            tags::SOURCE_IMAGE_SEQUENCE,
-            vec![reference(vec![text(
-                tags::PATIENT_NAME,
-                VR::PN,
-                "SOURCE^PHI",
-            )])],
-        ),
-        seq(tags::REFERENCED_SERIES_SEQUENCE, vec![level1]),
-        // Private: one on the safe list, one not, one in another creator's block, and a
-        // private sequence on the safe list's element number of another creator.
-        text(Tag(0x0009, 0x0010), VR::LO, "ACME SAFE"),
-        text(Tag(0x0009, 0x1001), VR::LO, "SAFEVALUE42"),
-        text(Tag(0x0009, 0x1002), VR::LO, "PHIPRIVATE1"),
-        text(Tag(0x0011, 0x0010), VR::LO, "OTHER VENDOR"),
-        text(Tag(0x0011, 0x1001), VR::LO, "PHIPRIVATE2"),
-        // Repeating groups: overlay data and comments, curve data.
-        DataElement::new(
-            Tag(0x6002, 0x3000),
-            VR::OW,
-            PrimitiveValue::from(b"PHIOVERLAYDATA".to_vec()),
-        ),
-        text(Tag(0x6002, 0x4000), VR::LT, "PHIOVERLAYCOMMENT"),
-        DataElement::new(
-            Tag(0x5000, 0x3000),
-            VR::OW,
-            PrimitiveValue::from(b"PHICURVEDATA".to_vec()),
-        ),
-    ]);
-    elements.extend([
-        DataElement::new(tags::ROWS, VR::US, PrimitiveValue::from(512u16)),
-        DataElement::new(tags::COLUMNS, VR::US, PrimitiveValue::from(512u16)),
-        DataElement::new(tags::BITS_ALLOCATED, VR::US, PrimitiveValue::from(16u16)),
-        DataElement::new(tags::BITS_STORED, VR::US, PrimitiveValue::from(12u16)),
-        DataElement::new(tags::HIGH_BIT, VR::US, PrimitiveValue::from(11u16)),
-        DataElement::new(
-            tags::PIXEL_REPRESENTATION,
-            VR::US,
-            PrimitiveValue::from(0u16),
-        ),
-        DataElement::new(tags::SAMPLES_PER_PIXEL, VR::US, PrimitiveValue::from(1u16)),
-        text(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME2"),
-        DataElement::new(
-            tags::PIXEL_DATA,
-            VR::OW,
-            PrimitiveValue::from(pixels.clone()),
-        ),
-    ]);
-    for v in [
-        MRN,
-        PATIENT_NAME,
-        "19620417",
-        "NESTED1^PHI",
-        "NESTED2^PHI",
-        "NESTED3^PHI",
-        "NESTEDMRN3",
-        "NESTED3 GENERAL",
-        "NESTED3PRIVATE",
-        "SOURCE^PHI",
-        "REVIEWER^UNLISTED",
-        "PHIPRIVATE1",
-        "PHIPRIVATE2",
-        "PHIOVERLAYDATA",
-        "PHIOVERLAYCOMMENT",
-        "PHICURVEDATA",
-        STUDY,
-        SERIES,
-        FRAME_OF_REFERENCE,
-        instance,
-        referenced,
-    ] {
-        planted_values.push((Tag(0, 0), v.as_bytes().to_vec()));
-    }
-    let file = obj(elements)
-        .with_meta(
-            FileMetaTableBuilder::new()
-                .transfer_syntax(ts)
-                .source_application_entity_title("SCANNER_AE_PHI"),
-        )
-        .unwrap();
-    let mut bytes = Vec::new();
-    file.write_all(&mut bytes).unwrap();
-    planted_values.push((Tag(0, 0), b"SCANNER_AE_PHI".to_vec()));
-    Built {
-        bytes,
-        planted: planted_values,
-        pixels,
-    }
+    let table: Vec<(u16, u16)> = table_e1_1().into_iter().map(|(tag, _)| tag).collect();
+    dicom_objects::ct_image(&table, instance, referenced, study_date, ts)
 }
 
 fn run(rules: &DicomRules, input: &[u8]) -> (Vec<u8>, DeidentifiedObject) {

@@ -1,5 +1,7 @@
 //! The real `wardgate` binary as a child process: config written by the test, started,
-//! stopped with SIGTERM, or killed with SIGKILL to simulate a crash or power cut.
+//! stopped with SIGTERM, or killed with SIGKILL to simulate a crash or power cut. Both
+//! `wardgate run` ([`GatewayProcess`]) and the bulk upload receiver `wardgate receive`
+//! ([`ReceiverProcess`]).
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -129,6 +131,18 @@ impl GatewayProcess {
     /// # Errors
     /// When the binary is missing, exits early, or does not listen within 20 s.
     pub fn start(setup: &GatewaySetup) -> anyhow::Result<GatewayProcess> {
+        Self::start_with_env(setup, &[])
+    }
+
+    /// As [`GatewayProcess::start`], with extra environment variables (e.g. a `RUST_LOG`
+    /// that shows one module's debug events; the default is `info`).
+    ///
+    /// # Errors
+    /// As [`GatewayProcess::start`].
+    pub fn start_with_env(
+        setup: &GatewaySetup,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<GatewayProcess> {
         let config = setup.write_config()?;
         let log = setup.dir.join(format!(
             "gateway-{}.log",
@@ -141,6 +155,7 @@ impl GatewayProcess {
             .arg("--config")
             .arg(&config)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
@@ -203,6 +218,154 @@ impl GatewayProcess {
     #[must_use]
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle`.
+    ///
+    /// # Errors
+    /// When the process exits or `timeout` passes first (the error holds the log).
+    pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) -> anyhow::Result<()> {
+        wait_for_log(&mut self.child, &self.log, needle, timeout)
+    }
+}
+
+fn wait_for_log(
+    child: &mut Child,
+    log: &Path,
+    needle: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.contains(needle) {
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("exited with {status} before logging {needle:?}:\n{text}");
+        }
+        if Instant::now() > deadline {
+            bail!("{needle:?} not logged within {timeout:?}:\n{text}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A free UDP port on loopback (bound then released; the race is acceptable in tests).
+///
+/// # Errors
+/// When no port can be bound.
+pub fn free_udp_port() -> anyhow::Result<u16> {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    Ok(s.local_addr()?.port())
+}
+
+/// What `wardgate receive` (the bulk upload receiver) is configured with.
+#[derive(Debug, Clone)]
+pub struct ReceiverSetup {
+    /// Directory for the config file and logs.
+    pub dir: PathBuf,
+    /// The UDP port on 127.0.0.1.
+    pub port: u16,
+    /// Where received files go (`dicom/`, `log/`, `.partial/`).
+    pub store_dir: PathBuf,
+    /// The receiver's certificate (valid for the name the gateway connects with).
+    pub cert_file: PathBuf,
+    /// Its key.
+    pub key_file: PathBuf,
+    /// The CA gateways' client certificates must chain to.
+    pub client_ca_file: PathBuf,
+    /// Bytes between two durable checkpoints of a partial file.
+    pub checkpoint_bytes: u64,
+}
+
+impl ReceiverSetup {
+    /// The `host:port` a gateway's `[bulk_upload] receiver` names.
+    #[must_use]
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Writes the config file and returns its path.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn write_config(&self) -> anyhow::Result<PathBuf> {
+        let text = format!(
+            r#"listen = "127.0.0.1:{port}"
+dir = "{dir}"
+cert_file = "{cert}"
+key_file = "{key}"
+client_ca_file = "{ca}"
+checkpoint_bytes = {checkpoint}
+"#,
+            port = self.port,
+            dir = self.store_dir.display(),
+            cert = self.cert_file.display(),
+            key = self.key_file.display(),
+            ca = self.client_ca_file.display(),
+            checkpoint = self.checkpoint_bytes,
+        );
+        let path = self.dir.join("receiver.toml");
+        std::fs::write(&path, text)?;
+        Ok(path)
+    }
+}
+
+/// A running `wardgate receive`. Killed (SIGKILL) on drop if still running.
+#[derive(Debug)]
+pub struct ReceiverProcess {
+    child: Child,
+    /// Where its stderr goes.
+    pub log: PathBuf,
+}
+
+impl ReceiverProcess {
+    /// Starts `wardgate receive --config <file>` and waits until it logs that it listens.
+    ///
+    /// # Errors
+    /// When the binary is missing, exits early, or does not listen within 20 s.
+    pub fn start(setup: &ReceiverSetup) -> anyhow::Result<ReceiverProcess> {
+        let config = setup.write_config()?;
+        let log = unique(setup.dir.join("receiver.log"));
+        let stderr = std::fs::File::create(&log)?;
+        let child = Command::new(binary()?)
+            .arg("receive")
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .context("spawn wardgate receive")?;
+        let mut p = ReceiverProcess { child, log };
+        wait_for_log(
+            &mut p.child,
+            &p.log,
+            "bulk upload receiver listening",
+            Duration::from_secs(20),
+        )
+        .context("wardgate receive")?;
+        Ok(p)
+    }
+
+    /// SIGKILL: the receiver dies without checkpointing what it holds.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// What the receiver logged so far.
+    #[must_use]
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for ReceiverProcess {
+    fn drop(&mut self) {
+        self.kill9();
     }
 }
 

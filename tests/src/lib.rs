@@ -8,6 +8,9 @@
 //! * [`fixtures`], [`gateway`], [`mllp_client`], [`scenario`]: synthetic HL7 messages, the
 //!   real `wardgate` binary as a child process, an MLLP device client, and a complete
 //!   end-to-end setting built from the above.
+//! * [`dicom_objects`]: DICOM objects with planted identifiers in every attribute the
+//!   de-identification profile lists, shared by the gateway's de-identification tests and
+//!   the imaging end-to-end tests.
 //!
 //! Invariants: every process and temporary file a helper creates is removed when the
 //! helper is dropped; servers bind to 127.0.0.1 only; a missing external tool is an error
@@ -15,6 +18,7 @@
 
 pub mod agent_client;
 pub mod certs;
+pub mod dicom_objects;
 pub mod fixtures;
 pub mod gateway;
 pub mod mllp_client;

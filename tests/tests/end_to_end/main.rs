@@ -8,6 +8,7 @@ mod cli;
 mod corrupt_spool;
 mod crash;
 mod device_plane;
+mod imaging;
 mod outage;
 mod phi;
 mod status;
