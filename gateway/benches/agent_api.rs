@@ -140,6 +140,8 @@ fn main() {
             idle_timeout_secs: 120,
             body_timeout_secs: 30,
             shutdown_grace_secs: 5,
+            update_download_bytes_per_sec_per_device: 1024 * 1024,
+            update_download_bytes_per_sec_total: 4 * 1024 * 1024,
         };
         let api = AgentApiRuntime::load(&config, &devices).unwrap();
         let stats = api.stats();

@@ -87,6 +87,9 @@ pub enum DaemonError {
     /// The agent API could not start (certificates, token files, bind).
     #[error("agent_api: {0}")]
     AgentApi(String),
+    /// The updates manager could not start (store, staging area).
+    #[error("updates: {0}")]
+    Updates(String),
     /// The imaging path (outbox, uploader, DICOM receiver) could not start.
     #[error("imaging: {0}")]
     Imaging(String),
@@ -255,8 +258,28 @@ impl Gateway {
             registry: registry.clone(),
             alerts: alerts.clone(),
             imaging: None,
+            updates: None,
         };
         let mut servers = Vec::new();
+
+        // Cybersecurity updates: verified against TUF, staged, offered through the agent API.
+        let updates = match &config.updates {
+            Some(updates_config) => {
+                let runtime = updates::start_updates(
+                    updates_config,
+                    data_dir,
+                    registry.clone(),
+                    audit.clone(),
+                    alerts.clone(),
+                    spool.clone(),
+                    shutdown_rx.clone(),
+                )
+                .await?;
+                status.updates = Some(runtime.view.clone());
+                Some(runtime)
+            }
+            None => None,
+        };
 
         // The agent API.
         let mut agent_addr = None;
@@ -268,12 +291,16 @@ impl Gateway {
                     .await
                     .map_err(|e| DaemonError::AgentApi(format!("listen {}: {e}", api.listen)))?;
                 agent_addr = listener.local_addr().ok();
-                let backend = Arc::new(AgentIngest::new(
+                let mut ingest = AgentIngest::new(
                     spool.clone(),
                     registry.clone(),
                     free_text.clone(),
                     plane::device_settings(&config),
-                ));
+                );
+                if let Some(updates) = &updates {
+                    ingest = ingest.with_updates(updates.backend.clone());
+                }
+                let backend = Arc::new(ingest);
                 let shutdown = shutdown_rx.clone();
                 let serving = backend.clone();
                 let handle = runtime.clone();
@@ -329,11 +356,16 @@ impl Gateway {
                 configs: configs_rx,
                 outcomes: outcomes_rx,
                 reports: reports_tx,
+                updates: updates.as_ref().map(|u| u.instructions.clone()),
+                updates_view: updates.as_ref().map(|u| u.view.clone()),
             };
             let devices = config.devices.clone();
             let shutdown = shutdown_rx.clone();
             tokio::spawn(control.run(devices, overrides, shutdown))
         };
+        if let Some(updates) = updates {
+            servers.push(("updates manager", updates.task));
+        }
 
         let listener = tokio::net::TcpListener::bind(config.hl7.listen)
             .await
@@ -608,6 +640,7 @@ mod imaging;
 pub mod plane;
 pub mod reload;
 pub mod status_source;
+pub mod updates;
 pub mod watchdog;
 
 /// Spools device state changes until shutdown, then those still queued.

@@ -19,4 +19,5 @@ pub mod receive;
 pub mod spool;
 pub mod status;
 pub mod twin;
+pub mod updates;
 pub mod uplink;

@@ -152,6 +152,8 @@ fn config(pki: &TestPki) -> AgentApiConfig {
         idle_timeout_secs: 30,
         body_timeout_secs: 10,
         shutdown_grace_secs: 10,
+        update_download_bytes_per_sec_per_device: 1024 * 1024,
+        update_download_bytes_per_sec_total: 4 * 1024 * 1024,
     }
 }
 

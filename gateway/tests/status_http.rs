@@ -540,7 +540,7 @@ async fn browser_sees_devices_and_live_spool_figures() {
         "{live:#}"
     );
     assert_eq!(live["uplink"], "connected");
-    assert!(live["patches"].as_str().unwrap().contains("does not stage"));
+    assert!(live["patches"].as_str().unwrap().contains("not configured"));
     // The token left the address bar and lives in the tab's session storage.
     assert!(
         !live["urlAfterLoad"].as_str().unwrap().contains("token"),

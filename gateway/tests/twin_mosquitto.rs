@@ -53,7 +53,9 @@ fn report(records: u64, state: DeviceState) -> TwinReport {
             state_since_ms: 1_700_000_000_000,
             poll_interval_ms: Some(1000),
             log_shipping: None,
+            update: None,
         }],
+        updates: Vec::new(),
     }
 }
 

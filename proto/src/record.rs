@@ -239,6 +239,8 @@ pub enum RecordBody {
     Measurements(MeasurementReport),
     /// Lines of a device's log file, already scrubbed of PHI.
     LogLines(LogBatch),
+    /// The progress of a security-update rollout across the devices it addresses.
+    UpdateRollout(UpdateRolloutReport),
 }
 
 /// The state wardgate tracks for each device. Serialized in kebab-case
@@ -339,6 +341,42 @@ pub struct GatewayAlert {
     pub message: String,
 }
 
+/// The progress of one update assignment (rollout) on this gateway: how many of the
+/// devices it addresses are at each stage. Device ids only; never patient data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateRolloutReport {
+    /// The assignment's id, as the cloud gave it.
+    pub assignment_id: String,
+    /// The TUF target it installs.
+    pub target: String,
+    /// Devices the assignment selects now.
+    pub members: u32,
+    /// Not offered yet (waiting for their wave, a maintenance window or the patient).
+    pub pending: u32,
+    /// Offered, not fetching yet.
+    pub offered: u32,
+    /// Fetching the file.
+    pub downloading: u32,
+    /// Have the whole file.
+    pub downloaded: u32,
+    /// Installing.
+    pub installing: u32,
+    /// Installed.
+    pub installed: u32,
+    /// Failed (final for this assignment).
+    pub failed: u32,
+    /// Deferred by the device (not failures; offered again later).
+    pub deferred: u32,
+    /// Waves opened so far.
+    pub waves_opened: u32,
+    /// Why the rollout halted (failure threshold exceeded, cancelled), if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub halted: Option<String>,
+    /// When it halted (Unix milliseconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub halted_at_ms: Option<u64>,
+}
+
 /// The device key under which gateway alerts are ordered.
 pub const GATEWAY_DEVICE_KEY: &str = "_gateway";
 
@@ -349,7 +387,9 @@ impl RecordBody {
         match self {
             RecordBody::Observations(_) => Priority::Observation,
             RecordBody::Alarm(_) => Priority::Alarm,
-            RecordBody::GatewayAlert(_) | RecordBody::DeviceState(_) => Priority::State,
+            RecordBody::GatewayAlert(_)
+            | RecordBody::DeviceState(_)
+            | RecordBody::UpdateRollout(_) => Priority::State,
             RecordBody::Measurements(_) => Priority::Observation,
             RecordBody::LogLines(_) => Priority::Log,
         }
@@ -361,7 +401,7 @@ impl RecordBody {
         match self {
             RecordBody::Observations(r) => &r.device.id,
             RecordBody::Alarm(r) => &r.device.id,
-            RecordBody::GatewayAlert(_) => GATEWAY_DEVICE_KEY,
+            RecordBody::GatewayAlert(_) | RecordBody::UpdateRollout(_) => GATEWAY_DEVICE_KEY,
             RecordBody::DeviceState(r) => &r.device,
             RecordBody::Measurements(r) => &r.device.id,
             RecordBody::LogLines(r) => &r.device.id,

@@ -32,6 +32,23 @@ pub fn binary() -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
+/// Runs `wardgate audit verify <file>`: whether the chain is intact (exit 0), and what it
+/// printed (stdout, then stderr).
+///
+/// # Errors
+/// When the binary is missing or cannot be run.
+pub fn audit_verify(file: &Path) -> anyhow::Result<(bool, String)> {
+    let out = Command::new(binary()?)
+        .args(["audit", "verify"])
+        .arg(file)
+        .output()
+        .context("running wardgate audit verify")?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    ))
+}
+
 /// A free TCP port on loopback (bound then released; the race is acceptable in tests).
 ///
 /// # Errors

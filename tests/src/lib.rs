@@ -11,6 +11,8 @@
 //! * [`dicom_objects`]: DICOM objects with planted identifiers in every attribute the
 //!   de-identification profile lists, shared by the gateway's de-identification tests and
 //!   the imaging end-to-end tests.
+//! * [`tuf_repo`]: TUF repositories signed for real with per-test keys, shared by the
+//!   gateway's TUF tests and the updates end-to-end tests.
 //!
 //! Invariants: every process and temporary file a helper creates is removed when the
 //! helper is dropped; servers bind to 127.0.0.1 only; a missing external tool is an error
@@ -26,6 +28,7 @@ pub mod modbus_server;
 pub mod mosquitto;
 pub mod scenario;
 pub mod subscriber;
+pub mod tuf_repo;
 
 use std::path::PathBuf;
 

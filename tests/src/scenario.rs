@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
 use wardgate_proto::{RecordBody, UplinkBatch, UplinkRecord};
 
 use crate::certs::{TestPki, Validity};
@@ -78,6 +79,38 @@ impl Scenario {
     }
 }
 
+impl Scenario {
+    /// Publishes `payload` (QoS 1, retained) on `topic` as the cloud's operator would,
+    /// with its own client certificate, and waits for the broker's PUBACK.
+    ///
+    /// # Errors
+    /// TLS, connection or timeout errors.
+    pub async fn publish_retained(&self, topic: &str, payload: Vec<u8>) -> anyhow::Result<()> {
+        let cert = self
+            .pki
+            .client("operator", "cloud-operator", Validity::Current)?;
+        let tls = self.pki.client_tls(&cert)?;
+        let mut options = MqttOptions::new("cloud-operator", "127.0.0.1", self.broker.port());
+        options
+            .set_keep_alive(Duration::from_secs(5))
+            .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
+        let (client, mut eventloop) = AsyncClient::new(options, 4);
+        client
+            .publish(topic, QoS::AtLeastOnce, true, payload)
+            .await?;
+        tokio::time::timeout(PATIENCE, async {
+            loop {
+                if let Event::Incoming(Packet::PubAck(_)) = eventloop.poll().await? {
+                    return Ok::<_, rumqttc::ConnectionError>(());
+                }
+            }
+        })
+        .await??;
+        let _ = client.disconnect().await;
+        Ok(())
+    }
+}
+
 /// Every record in `messages`, decoded; panics (failing the test) on a payload that is
 /// not a valid `UplinkBatch`, since the cloud could not read it either. Messages on the
 /// twin's topics (`wardgate/<id>/twin/...`) are not records and are skipped.
@@ -121,7 +154,8 @@ pub fn control_id(r: &UplinkRecord) -> Option<&str> {
         RecordBody::GatewayAlert(_)
         | RecordBody::DeviceState(_)
         | RecordBody::Measurements(_)
-        | RecordBody::LogLines(_) => None,
+        | RecordBody::LogLines(_)
+        | RecordBody::UpdateRollout(_) => None,
     }
 }
 

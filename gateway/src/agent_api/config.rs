@@ -71,6 +71,15 @@ pub struct AgentApiConfig {
     /// was told is stored is lost). Default 30.
     #[serde(default = "defaults::shutdown_grace_secs")]
     pub shutdown_grace_secs: u64,
+    /// Bytes per second one device may download update files at (16 KiB – 1 GiB), so a
+    /// patch never starves the device's own clinical traffic. Default 1 MiB (8 Mbit/s).
+    #[serde(default = "defaults::update_download_bytes_per_sec_per_device")]
+    pub update_download_bytes_per_sec_per_device: u32,
+    /// Bytes per second all devices together may download update files at (16 KiB –
+    /// 4 GiB - 1), so patches never starve the LAN's clinical traffic. Default 4 MiB
+    /// (32 Mbit/s).
+    #[serde(default = "defaults::update_download_bytes_per_sec_total")]
+    pub update_download_bytes_per_sec_total: u32,
 }
 
 /// How one agent device proves who it is. Written in the device's entry, e.g.
@@ -196,6 +205,18 @@ impl AgentApiConfig {
         check_range("idle_timeout_secs", self.idle_timeout_secs, 1, 3600)?;
         check_range("body_timeout_secs", self.body_timeout_secs, 1, 600)?;
         check_range("shutdown_grace_secs", self.shutdown_grace_secs, 0, 600)?;
+        check_range(
+            "update_download_bytes_per_sec_per_device",
+            u64::from(self.update_download_bytes_per_sec_per_device),
+            MIN_DOWNLOAD_BYTES_PER_SEC,
+            1024 * 1024 * 1024,
+        )?;
+        check_range(
+            "update_download_bytes_per_sec_total",
+            u64::from(self.update_download_bytes_per_sec_total),
+            MIN_DOWNLOAD_BYTES_PER_SEC,
+            u64::from(u32::MAX),
+        )?;
         Ok(())
     }
 }
@@ -210,6 +231,10 @@ fn check_range(key: &str, value: u64, min: u64, max: u64) -> Result<(), ConfigPr
         ))
     }
 }
+
+/// Slowest update download rate accepted (bytes/s): also the largest chunk the download
+/// throttle sends at once, so one chunk always fits in a second's budget.
+pub const MIN_DOWNLOAD_BYTES_PER_SEC: u64 = 16 * 1024;
 
 /// Whether `id` may be an agent device id: 1–128 characters of `A-Z a-z 0-9 - _ . :`, so
 /// it can stand in a URL path segment unescaped.
@@ -318,6 +343,12 @@ mod defaults {
     }
     pub const fn shutdown_grace_secs() -> u64 {
         30
+    }
+    pub const fn update_download_bytes_per_sec_per_device() -> u32 {
+        1024 * 1024
+    }
+    pub const fn update_download_bytes_per_sec_total() -> u32 {
+        4 * 1024 * 1024
     }
 }
 

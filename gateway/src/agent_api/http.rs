@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Request, State};
+use axum::extract::{
+    DefaultBodyLimit, FromRequest, FromRequestParts, RawPathParams, Request, State,
+};
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode};
@@ -28,6 +30,7 @@ use tracing::warn;
 use super::config::MAX_DEVICE_ID_LEN;
 use super::identity::{AuthMethod, CertificateMatch, DeviceDirectory, DirectoryCell};
 use super::schema::{self, BodyProblem, LogsRequest, StateRequest, TelemetryRequest};
+use super::updates::{self as update_routes, DownloadLimits};
 use super::{AgentBackend, BackendError, Operation, RouteMethod, ROUTES};
 
 /// What the connection established, attached to every request on it.
@@ -44,6 +47,8 @@ pub(crate) struct AppState<B> {
     pub(crate) limiter: DefaultKeyedRateLimiter<Arc<str>>,
     pub(crate) body_timeout: Duration,
     pub(crate) max_body_bytes: usize,
+    /// Throttles of update downloads (bytes/s per device and in total).
+    pub(crate) downloads: DownloadLimits,
 }
 
 /// The error code of an error answer, left in the response's extensions for the
@@ -62,7 +67,7 @@ pub(crate) struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
         ApiError {
             status,
             code,
@@ -88,7 +93,7 @@ impl ApiError {
         ApiError::new(StatusCode::FORBIDDEN, "forbidden", detail)
     }
 
-    fn retry_after(mut self, wait: Duration) -> Self {
+    pub(crate) fn retry_after(mut self, wait: Duration) -> Self {
         self.retry_after = Some(wait);
         self
     }
@@ -249,7 +254,7 @@ impl<B: AgentBackend> FromRequestParts<Arc<AppState<B>>> for Caller {
 }
 
 /// The authenticated device, which is the `{device_id}` of the path, within its budget.
-pub(crate) struct DeviceCaller(Arc<str>);
+pub(crate) struct DeviceCaller(pub(crate) Arc<str>);
 
 impl<B: AgentBackend> FromRequestParts<Arc<AppState<B>>> for DeviceCaller {
     type Rejection = ApiError;
@@ -259,9 +264,14 @@ impl<B: AgentBackend> FromRequestParts<Arc<AppState<B>>> for DeviceCaller {
         state: &Arc<AppState<B>>,
     ) -> Result<Self, ApiError> {
         let caller = authenticate(parts, &state.directory.current())?;
-        let Path(device_id) = Path::<String>::from_request_parts(parts, state)
+        // By name: update routes carry more parameters than the device id.
+        let params = RawPathParams::from_request_parts(parts, state)
             .await
             .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route"))?;
+        let device_id = params
+            .iter()
+            .find_map(|(name, value)| (name == "device_id").then(|| value.to_owned()))
+            .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route"))?;
         if *device_id != *caller.device {
             warn!(
                 peer = %caller.peer,
@@ -279,7 +289,7 @@ impl<B: AgentBackend> FromRequestParts<Arc<AppState<B>>> for DeviceCaller {
 }
 
 /// A JSON body of type `T`, read within the size limit and the body timeout.
-pub(crate) struct JsonBody<T>(T);
+pub(crate) struct JsonBody<T>(pub(crate) T);
 
 impl<B: AgentBackend, T: DeserializeOwned> FromRequest<Arc<AppState<B>>> for JsonBody<T> {
     type Rejection = ApiError;
@@ -332,13 +342,13 @@ impl<B: AgentBackend, T: DeserializeOwned> FromRequest<Arc<AppState<B>>> for Jso
     }
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-fn accepted(count: usize) -> Response {
+pub(crate) fn accepted(count: usize) -> Response {
     (StatusCode::OK, Json(json!({ "accepted": count }))).into_response()
 }
 
@@ -412,6 +422,10 @@ pub(crate) fn router<B: AgentBackend>(state: Arc<AppState<B>>) -> Router {
             Operation::Telemetry => on(filter, push_telemetry::<B>),
             Operation::Logs => on(filter, push_logs::<B>),
             Operation::Settings => on(filter, read_settings::<B>),
+            Operation::UpdateOffers => on(filter, update_routes::offers::<B>),
+            Operation::UpdateContent => on(filter, update_routes::content::<B>),
+            Operation::UpdateMetadata => on(filter, update_routes::metadata::<B>),
+            Operation::UpdateStatus => on(filter, update_routes::status::<B>),
         };
         router = router.route(route.path, handler);
     }

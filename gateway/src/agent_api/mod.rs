@@ -12,6 +12,13 @@
 //! | `POST /v1/devices/{device_id}/telemetry` | [`schema::TelemetryRequest`] | 200 `{"accepted":<readings>}` |
 //! | `POST /v1/devices/{device_id}/logs` | [`schema::LogsRequest`] | 200 `{"accepted":<lines>}` |
 //! | `GET /v1/devices/{device_id}/settings` | – | 200 `{"device_id","settings":{...}}` |
+//! | `GET /v1/devices/{device_id}/updates` | – | 200 `{"device_id","offers":[...]}`: what is offered to this device now |
+//! | `GET /v1/devices/{device_id}/updates/{assignment_id}/content` | – | 200/206: the update file, resumable (`Range`, `If-Range`, `ETag`) |
+//! | `GET /v1/devices/{device_id}/updates/metadata/{file}` | – | 200: verified TUF metadata, e.g. `root.json`, `2.root.json` |
+//! | `POST /v1/devices/{device_id}/updates/{assignment_id}/status` | [`updates::StatusRequest`] | 200 `{"accepted":1}` once durable |
+//!
+//! The update routes (module [`updates`]) answer 404 for anything not offered to the
+//! calling device, so a device learns nothing about other groups' updates.
 //!
 //! A procedure's start is `{"state":"in-procedure"}`, its end `{"state":"online"}`, each with
 //! an optional machine-readable `reason` code.
@@ -48,7 +55,9 @@
 //! Per-device rate limit (governor, keyed by the authenticated device id, checked before
 //! the body is read), body size (413, axum's `DefaultBodyLimit`), body read timeout (408),
 //! TLS handshake timeout and header/keep-alive idle timeout (slow-loris guards), and a
-//! connection cap (over it a connection is closed before the handshake).
+//! connection cap (over it a connection is closed before the handshake). Update files are
+//! streamed under two byte-rate throttles, per device and for all devices
+//! (`update_download_bytes_per_sec_*`), so patches never starve clinical traffic.
 //!
 //! # Logging
 //! Device, route, status and error code only. Bodies are never logged, nor are error
@@ -66,6 +75,7 @@ pub mod identity;
 mod runtime;
 pub mod schema;
 mod server;
+pub mod updates;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -76,6 +86,7 @@ pub use config::{AgentApiConfig, AgentAuth, AgentDevice, ConfigProblem};
 pub use runtime::{AgentApiRuntime, ReloadRefused};
 pub use schema::StateReport;
 pub use server::serve;
+pub use updates::{DeviceOffer, StatusOutcome, UpdatesBackend};
 
 /// Where accepted agent data goes: the gateway's PHI stage, spool and device registry.
 ///
@@ -109,6 +120,12 @@ pub trait AgentBackend: Send + Sync + 'static {
         &self,
         device_id: &str,
     ) -> impl Future<Output = Result<serde_json::Map<String, serde_json::Value>, BackendError>> + Send;
+
+    /// The update service (offers, files, progress), if this gateway runs one. `None`
+    /// (the default): every update route answers 404 and offers are empty.
+    fn updates(&self) -> Option<std::sync::Arc<dyn UpdatesBackend>> {
+        None
+    }
 }
 
 /// Why the backend did not take a request. Reasons are sent to the agent and logged: they
@@ -202,6 +219,14 @@ pub enum Operation {
     Logs,
     /// Read settings.
     Settings,
+    /// List the updates offered to the device.
+    UpdateOffers,
+    /// Download an offered update file.
+    UpdateContent,
+    /// Read verified TUF metadata.
+    UpdateMetadata,
+    /// Report progress with an offered update.
+    UpdateStatus,
 }
 
 /// One route of the API.
@@ -242,6 +267,26 @@ pub const ROUTES: &[Route] = &[
         method: RouteMethod::Get,
         path: "/v1/devices/{device_id}/settings",
         operation: Operation::Settings,
+    },
+    Route {
+        method: RouteMethod::Get,
+        path: "/v1/devices/{device_id}/updates",
+        operation: Operation::UpdateOffers,
+    },
+    Route {
+        method: RouteMethod::Get,
+        path: "/v1/devices/{device_id}/updates/{assignment_id}/content",
+        operation: Operation::UpdateContent,
+    },
+    Route {
+        method: RouteMethod::Get,
+        path: "/v1/devices/{device_id}/updates/metadata/{file}",
+        operation: Operation::UpdateMetadata,
+    },
+    Route {
+        method: RouteMethod::Post,
+        path: "/v1/devices/{device_id}/updates/{assignment_id}/status",
+        operation: Operation::UpdateStatus,
     },
 ];
 

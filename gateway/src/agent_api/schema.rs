@@ -202,7 +202,7 @@ pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, BodyProblem> {
     Ok(value)
 }
 
-fn is_identifier(s: &str, max: usize) -> bool {
+pub(crate) fn is_identifier(s: &str, max: usize) -> bool {
     !s.is_empty()
         && s.len() <= max
         && s.bytes()

@@ -91,6 +91,7 @@ pub async fn serve<B: AgentBackend>(
         limiter: DefaultKeyedRateLimiter::keyed(quota),
         body_timeout: config.body_timeout(),
         max_body_bytes: config.max_body_bytes,
+        downloads: super::updates::DownloadLimits::from_config(&config)?,
     });
     let shared = Arc::new(Shared {
         acceptor: TlsAcceptor::from(tls),

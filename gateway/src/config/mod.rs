@@ -100,6 +100,12 @@ pub struct Config {
     /// budget, bandwidth caps by time of day (see README.md). Absent: off.
     #[serde(default)]
     pub bulk_upload: Option<crate::bulk::sender::BulkUploadConfig>,
+    /// Cybersecurity updates for the devices (`[updates]` with `[updates.repository]`):
+    /// the TUF repository, staging budget, refresh interval. Assignments arrive from the
+    /// cloud through the twin; devices pull through the agent API, which it therefore
+    /// needs. Absent: off, and every assignment is refused (audited).
+    #[serde(default)]
+    pub updates: Option<crate::updates::config::UpdatesConfig>,
 }
 
 /// `[dicom]` in this build.
@@ -507,6 +513,22 @@ impl Config {
             keys.push(("bulk_upload.cert_file".into(), &mut bulk.cert_file));
             keys.push(("bulk_upload.key_file".into(), &mut bulk.key_file));
         }
+        if let Some(updates) = self.updates.as_mut() {
+            let repository = &mut updates.repository;
+            keys.push((
+                "updates.repository.trusted_root".into(),
+                &mut repository.trusted_root,
+            ));
+            if let Some(ca) = repository.ca_file.as_mut() {
+                keys.push(("updates.repository.ca_file".into(), ca));
+            }
+            if let Some(cert) = repository.client_cert.as_mut() {
+                keys.push(("updates.repository.client_cert".into(), cert));
+            }
+            if let Some(key) = repository.client_key.as_mut() {
+                keys.push(("updates.repository.client_key".into(), key));
+            }
+        }
         for (i, device) in self.devices.iter_mut().enumerate() {
             if let Some(crate::agent_api::AgentAuth::Token { token_file }) = device.agent.as_mut() {
                 keys.push((format!("device[{i}].agent.token_file"), token_file));
@@ -699,6 +721,17 @@ impl Config {
             return Err(devices::adapter_error(file, "phi.dicom", &reason));
         }
         self.validate_imaging(file)?;
+        if let Some(updates) = &self.updates {
+            updates.validate().map_err(|(key, reason)| {
+                ConfigError::new(file, format!("updates.{key}"), reason)
+            })?;
+            if self.agent_api.is_none() {
+                return err(
+                    "updates",
+                    "needs an [agent_api] section: devices fetch their updates through it".into(),
+                );
+            }
+        }
         if let Some(status) = &self.status {
             status.validate().map_err(|e| match e {
                 crate::status::StatusError::Config { key, reason } => {
@@ -1043,6 +1076,8 @@ listen = "127.0.0.1:2575"
             "agent-api.key",
             "device-ca.pem",
             "cathlab-1-carto.token",
+            "tuf-root.json",
+            "updates-ca.pem",
         ] {
             std::fs::write(dir.path().join(f), "x").unwrap();
         }
@@ -1054,6 +1089,11 @@ listen = "127.0.0.1:2575"
         assert!(c.agent_api.is_some() && c.status.is_some());
         assert!(c.dicom.is_some() && c.bulk_upload.is_some());
         assert_eq!(c.phi.dicom.quarantine_budget_bytes, 1 << 30);
+        let updates = c.updates.unwrap();
+        assert_eq!(
+            updates.repository.trusted_root,
+            dir.path().join("tuf-root.json")
+        );
     }
 
     const IMAGING: &str = r#"
@@ -1132,6 +1172,42 @@ dicom_ae_title = "CT1"
             with_files("[[device]]\nid = \"ct-1\"\nkind = \"ct\"\ndicom_ae_title = \"CT1\"\n");
         let e = Config::parse(&text, &path).unwrap_err();
         assert_eq!(e.key, "device[0].dicom_ae_title");
+    }
+
+    #[test]
+    fn updates_section_needs_the_agent_api_and_names_repository_keys() {
+        let updates = r#"
+[updates]
+refresh_interval_secs = 300
+
+[updates.repository]
+metadata_url = "https://updates.example/metadata/"
+targets_url = "https://updates.example/targets/"
+trusted_root = "root.json"
+ca_file = "ca.pem"
+"#;
+        let (_d, path, text) = with_files(updates);
+        let e = Config::parse(&text, &path).unwrap_err();
+        assert_eq!(e.key, "updates");
+        assert!(e.reason.contains("[agent_api]"), "{e}");
+        for (from, to, key) in [
+            (
+                "refresh_interval_secs = 300",
+                "refresh_interval_secs = 5",
+                "updates.refresh_interval_secs",
+            ),
+            (
+                "https://updates.example/metadata/",
+                "http://updates.example/metadata/",
+                "updates.repository.metadata_url",
+            ),
+            ("ca_file = \"ca.pem\"", "", "updates.repository.ca_file"),
+        ] {
+            let (_d, path, text) = with_files(&updates.replace(from, to));
+            let e = Config::parse(&text, &path).unwrap_err();
+            // The agent API rule comes after the section's own checks.
+            assert_eq!(e.key, key, "{from} -> {to}: {e}");
+        }
     }
 
     #[cfg(not(feature = "dicom"))]

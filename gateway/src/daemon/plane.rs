@@ -81,9 +81,24 @@ fn report(
     devices: &[DeviceConfig],
     overrides: &Overrides,
     spool: &Spool,
+    updates: Option<&super::updates::UpdatesView>,
 ) -> TwinReport {
     let views = registry.snapshot();
     TwinReport {
+        updates: updates.map_or_else(Vec::new, |u| {
+            u.rollouts
+                .iter()
+                .map(|r| crate::twin::RolloutReport {
+                    assignment_id: r.assignment_id.clone(),
+                    target: r.target.clone(),
+                    members: r.members,
+                    installed: r.installed,
+                    failed: r.failed,
+                    deferred: r.deferred,
+                    halted: r.halted.clone(),
+                })
+                .collect()
+        }),
         version: env!("CARGO_PKG_VERSION").to_owned(),
         spool: SpoolReport::from_stats(&spool.stats()),
         devices: views
@@ -101,7 +116,9 @@ fn report(
                 let logs = config
                     .and_then(|c| c.logs.as_ref())
                     .map(|_| o.and_then(|o| o.log_shipping).unwrap_or(true));
-                DeviceReport::from_view(view, poll, logs)
+                let mut device = DeviceReport::from_view(view, poll, logs);
+                device.update = updates.and_then(|u| u.devices.get(&view.id).cloned());
+                device
             })
             .collect(),
     }
@@ -128,6 +145,11 @@ pub struct PlaneLoop {
     pub outcomes: mpsc::Receiver<DesiredOutcome>,
     /// Where the reported document goes.
     pub reports: watch::Sender<Option<TwinReport>>,
+    /// The updates manager, which takes the cloud's update assignments (absent when
+    /// `[updates]` is not configured: assignments are then refused and audited here).
+    pub updates: Option<mpsc::Sender<crate::twin::core::UpdateInstruction>>,
+    /// The updates manager's view (rollouts), reported in the twin.
+    pub updates_view: Option<watch::Receiver<super::updates::UpdatesView>>,
 }
 
 impl PlaneLoop {
@@ -164,6 +186,7 @@ impl PlaneLoop {
                     for refusal in &outcome.refused {
                         self.alerts.raise("twin.refused", format!("desired setting {} refused: {}", refusal.key, refusal.reason)).await;
                     }
+                    self.forward_update_instructions(&outcome).await;
                     let mut next = overrides.clone();
                     if !merge(&mut next, &outcome) {
                         continue;
@@ -183,15 +206,68 @@ impl PlaneLoop {
                     self.plane.apply(&devices, &overrides).await;
                 }
                 _ = tick.tick() => self.registry.sweep_silent(),
+                Ok(()) = updates_changed(&mut self.updates_view) => {}
             }
+            let updates = self.updates_view.as_ref().map(|v| v.borrow().clone());
             let _ = self.reports.send(Some(report(
                 &self.registry,
                 &devices,
                 &overrides,
                 &self.spool,
+                updates.as_ref(),
             )));
         }
         self.plane.shutdown().await;
+    }
+}
+
+impl PlaneLoop {
+    /// Hands the outcome's update instructions to the updates manager, which validates
+    /// and audits each; without one, each is refused and audited here.
+    async fn forward_update_instructions(&self, outcome: &DesiredOutcome) {
+        for instruction in &outcome.update_instructions {
+            match &self.updates {
+                Some(updates) => {
+                    if updates.send(instruction.clone()).await.is_err() {
+                        tracing::error!(assignment = %instruction.id, "updates manager stopped; instruction dropped");
+                    }
+                }
+                None => {
+                    let key = format!(
+                        "{}.assignments.{}",
+                        crate::twin::core::UPDATES,
+                        instruction.id
+                    );
+                    let detail = "refused: this gateway has no [updates] section";
+                    if let Err(e) = self
+                        .audit
+                        .append_async(crate::twin::AUDIT_REFUSED, &key, detail)
+                        .await
+                    {
+                        tracing::error!(error = %e, "cannot audit a refused update instruction");
+                    }
+                    self.alerts
+                        .raise(
+                            "updates.refused",
+                            format!(
+                                "update assignment {} refused: no [updates] section",
+                                instruction.id
+                            ),
+                        )
+                        .await;
+                }
+            }
+        }
+    }
+}
+
+/// Resolves when the updates manager's view changed; never without one.
+async fn updates_changed(
+    view: &mut Option<watch::Receiver<super::updates::UpdatesView>>,
+) -> Result<(), watch::error::RecvError> {
+    match view {
+        Some(view) => view.changed().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -217,6 +293,7 @@ mod tests {
             version: None,
             accepted,
             refused: Vec::new(),
+            update_instructions: Vec::new(),
         }
     }
 

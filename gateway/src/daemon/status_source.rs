@@ -36,6 +36,8 @@ pub struct GatewayStatus {
     pub alerts: Arc<Alerts>,
     /// The imaging path, when `[bulk_upload]` is configured.
     pub imaging: Option<ImagingHandles>,
+    /// The updates manager's view, when `[updates]` is configured.
+    pub updates: Option<watch::Receiver<super::updates::UpdatesView>>,
 }
 
 /// Live handles on the imaging path.
@@ -107,8 +109,39 @@ impl StatusSource for GatewayStatus {
             hl7: Hl7Figures::from(self.hl7.snapshot()),
             imaging: self.imaging.as_ref().map(|i| i.figures(now)),
             // No update staging in this build yet (issue 5): the page says so.
-            patches: None,
+            patches: self
+                .updates
+                .as_ref()
+                .map(|view| staged_patches(&view.borrow())),
             alerts: self.alerts.recent(),
         }
     }
+}
+
+/// The staged targets with the rollouts that offer them, for the status page.
+fn staged_patches(view: &super::updates::UpdatesView) -> Vec<crate::status::snapshot::StagedPatch> {
+    view.staged
+        .iter()
+        .map(|staged| crate::status::snapshot::StagedPatch {
+            target: staged.name.clone(),
+            bytes: staged.length,
+            sha256: hex::encode(staged.sha256),
+            rollouts: view
+                .rollouts
+                .iter()
+                .filter(|r| r.target == staged.name)
+                .map(|r| {
+                    let halted = r
+                        .halted
+                        .as_ref()
+                        .map(|h| format!(", halted: {h}"))
+                        .unwrap_or_default();
+                    format!(
+                        "{}: {}/{} installed, {} failed, {} deferred{halted}",
+                        r.assignment_id, r.installed, r.members, r.failed, r.deferred
+                    )
+                })
+                .collect(),
+        })
+        .collect()
 }

@@ -203,7 +203,7 @@ impl DemoTally {
                 inner.snapshot.state_records += 1;
                 None
             }
-            RecordBody::GatewayAlert(_) => None,
+            RecordBody::GatewayAlert(_) | RecordBody::UpdateRollout(_) => None,
         };
         if let Some(id) = control_id {
             inner.received_ids.insert(id.clone());

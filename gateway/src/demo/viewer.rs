@@ -410,6 +410,15 @@ pub fn render_record(
             alert.code,
             alert.message
         ),
+        RecordBody::UpdateRollout(r) => format!(
+            "{}  rollout {} of {}: {} installed, {} failed of {}  {verdict}",
+            console.paint(Style::Bold, "update"),
+            r.assignment_id,
+            r.target,
+            r.installed,
+            r.failed,
+            r.members
+        ),
         RecordBody::DeviceState(change) => format!(
             "{}  {}  {} → {} ({})  {verdict}",
             console.paint(Style::Bold, "state"),

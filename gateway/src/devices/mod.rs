@@ -179,6 +179,12 @@ impl Registry {
         self.lock().by_hl7_application.get(application).cloned()
     }
 
+    /// Changes whenever the declared devices or a device's state change.
+    #[must_use]
+    pub fn subscribe_changes(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
     /// The declared device whose DICOM associations carry this calling AE title.
     #[must_use]
     pub fn dicom_device(&self, calling_ae_title: &str) -> Option<String> {

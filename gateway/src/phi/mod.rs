@@ -64,6 +64,15 @@ impl Sanitized {
         }))
     }
 
+    /// An update rollout's progress: gateway-made counts and ids (assignment, TUF
+    /// target), never device data, so no rule applies.
+    ///
+    /// # Errors
+    /// [`PhiError::Encode`] if the record cannot be serialized (not expected).
+    pub fn update_rollout(report: wardgate_proto::UpdateRolloutReport) -> Result<Self, PhiError> {
+        Sanitized::from_body(&RecordBody::UpdateRollout(report))
+    }
+
     /// The device key the record is ordered under (per-device FIFO).
     #[must_use]
     pub fn device(&self) -> &str {

@@ -32,12 +32,20 @@ const RETRY_PATIENT_FIRST: Duration = Duration::from_secs(60);
 pub type DeviceSettings = HashMap<String, serde_json::Map<String, serde_json::Value>>;
 
 /// The agent API's backend.
-#[derive(Debug)]
 pub struct AgentIngest {
     spool: Spool,
     registry: Arc<Registry>,
     free_text: Arc<FreeTextRules>,
     settings: RwLock<DeviceSettings>,
+    updates: Option<Arc<dyn crate::agent_api::UpdatesBackend>>,
+}
+
+impl std::fmt::Debug for AgentIngest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentIngest")
+            .field("updates", &self.updates.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl AgentIngest {
@@ -54,7 +62,15 @@ impl AgentIngest {
             registry,
             free_text,
             settings: RwLock::new(settings),
+            updates: None,
         }
+    }
+
+    /// Serves device updates through `updates` (the updates manager's backend).
+    #[must_use]
+    pub fn with_updates(mut self, updates: Arc<dyn crate::agent_api::UpdatesBackend>) -> Self {
+        self.updates = Some(updates);
+        self
     }
 
     /// Replaces the readable settings (config reload).
@@ -98,6 +114,10 @@ fn storage_error(e: SpoolError) -> BackendError {
 }
 
 impl AgentBackend for AgentIngest {
+    fn updates(&self) -> Option<Arc<dyn crate::agent_api::UpdatesBackend>> {
+        self.updates.clone()
+    }
+
     async fn report_state(&self, device_id: &str, report: StateReport) -> Result<(), BackendError> {
         if let Some(code) = &report.reason {
             Sanitized::check_reason_code(code).map_err(|e| BackendError::Refused {

@@ -310,19 +310,21 @@ pub fn render_text(s: &StatusSnapshot) -> String {
     out.push('\n');
 
     match &s.patches {
-        None => out.push_str("Patches  this build does not stage device updates\n"),
-        Some(p) if p.is_empty() => out.push_str("Patches  none staged\n"),
+        None => out.push_str("Updates  not configured on this gateway ([updates])\n"),
+        Some(p) if p.is_empty() => out.push_str("Updates  none staged\n"),
         Some(patches) => {
-            let _ = writeln!(out, "Patches  {} staged", patches.len());
+            let _ = writeln!(out, "Updates  {} staged", patches.len());
             for p in patches {
                 let _ = writeln!(
                     out,
-                    "  {}: {} ({}, staged {})",
-                    clean(&p.device),
-                    clean(&p.version),
+                    "  {} ({}, sha256 {})",
+                    clean(&p.target),
                     bytes(p.bytes),
-                    ago(p.staged_at_ms, now)
+                    clean(p.sha256.get(..12).unwrap_or(&p.sha256)),
                 );
+                for rollout in &p.rollouts {
+                    let _ = writeln!(out, "    {}", clean(rollout));
+                }
             }
         }
     }
@@ -466,7 +468,7 @@ mod tests {
         assert!(text.contains(
             "\n  icu-monitor-12  patient-monitor  hl7      online   5 min ago  2 s ago\n"
         ));
-        assert!(text.contains("this build does not stage device updates"));
+        assert!(text.contains("not configured on this gateway ([updates])"));
         assert!(text.contains("uplink-down: the cloud broker is unreachable"));
         assert!(text.contains("up 60 min since 2025-01-01T11:00:00Z"));
     }

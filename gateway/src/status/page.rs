@@ -159,7 +159,7 @@ const HTML: &str = r#"<!DOCTYPE html>
     <p id="devices-none" hidden>No devices are configured.</p>
   </section>
   <section class="wide">
-    <h2>Staged patches</h2>
+    <h2>Staged updates</h2>
     <ul id="patches"></ul>
   </section>
   <section class="wide">
@@ -340,10 +340,11 @@ const SCRIPT: &str = r#"
     $("devices-none").hidden = s.devices.length !== 0;
 
     if (s.patches === null || s.patches === undefined) {
-      list("patches", [], "This build does not stage device updates.", null);
+      list("patches", [], "Updates are not configured on this gateway ([updates]).", null);
     } else {
-      list("patches", s.patches, "No patches staged.", function (p) {
-        return p.device + ": " + p.version + " (" + bytes(p.bytes) + ", staged " + ago(p.staged_at_ms, now) + ")";
+      list("patches", s.patches, "No updates staged.", function (p) {
+        var rollouts = p.rollouts && p.rollouts.length ? " – " + p.rollouts.join("; ") : "";
+        return p.target + " (" + bytes(p.bytes) + ", sha256 " + p.sha256.slice(0, 12) + "…)" + rollouts;
       });
     }
     list("alerts", s.alerts, "No alerts.", function (a) {

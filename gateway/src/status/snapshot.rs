@@ -39,8 +39,8 @@ pub struct StatusSnapshot {
     /// `[bulk_upload]` is not configured.
     #[serde(default)]
     pub imaging: Option<ImagingFigures>,
-    /// Update packages staged for devices; `None` when this build has no update staging
-    /// (the page and the console say so rather than showing an empty list).
+    /// Update targets staged for devices; `None` when updates are not configured
+    /// (`[updates]`; the page and the console say so rather than showing an empty list).
     #[serde(default)]
     pub patches: Option<Vec<StagedPatch>>,
     /// Conditions a technician should look at, newest first.
@@ -312,19 +312,19 @@ impl From<ListenerStatsSnapshot> for Hl7Figures {
     }
 }
 
-/// An update package staged on the gateway for a device.
+/// An update target verified and staged on the gateway, with the rollouts that use it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StagedPatch {
-    /// The package's id.
-    pub id: String,
-    /// The device it is for.
-    pub device: String,
-    /// The version it installs.
-    pub version: String,
-    /// When it was staged (Unix milliseconds).
-    pub staged_at_ms: u64,
+    /// The TUF target name.
+    pub target: String,
     /// Its size, in bytes.
     pub bytes: u64,
+    /// Its SHA-256 (hex), as verified against the TUF targets metadata.
+    pub sha256: String,
+    /// The rollouts offering it, one line each
+    /// (`<assignment>: 3/10 installed, 1 failed, 2 deferred[, halted: ...]`).
+    #[serde(default)]
+    pub rollouts: Vec<String>,
 }
 
 /// A condition a technician should look at.

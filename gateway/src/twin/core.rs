@@ -174,6 +174,11 @@ pub enum RefusalReason {
         /// Largest accepted.
         max: u64,
     },
+    /// More entries than one document may carry.
+    TooMany {
+        /// The limit.
+        max: usize,
+    },
     /// More than [`MAX_REFUSALS`] keys were refused; this many more were not listed.
     TooManyRefusals {
         /// Refusals not listed.
@@ -199,6 +204,7 @@ impl std::fmt::Display for RefusalReason {
             RefusalReason::OutOfRange { min, max } => {
                 write!(f, "value outside {min}..={max}")
             }
+            RefusalReason::TooMany { max } => write!(f, "more than {max} entries"),
             RefusalReason::TooManyRefusals { more } => {
                 write!(f, "{more} more keys refused (not listed)")
             }
@@ -271,7 +277,33 @@ pub struct DesiredOutcome {
     pub accepted: Vec<DesiredSetting>,
     /// Keys refused, in document order.
     pub refused: Vec<Refusal>,
+    /// Update assignments and cancellations under `updates.assignments`, in document
+    /// order, passed on unparsed: the updates manager validates each against its schema
+    /// and the TUF metadata, and audits the result.
+    pub update_instructions: Vec<UpdateInstruction>,
 }
+
+/// One entry of the desired `updates.assignments` object.
+#[derive(Clone, PartialEq, Eq)]
+pub struct UpdateInstruction {
+    /// The assignment id (the entry's key).
+    pub id: String,
+    /// The assignment document (the entry's value, with `"id"` set to the key), or `None`
+    /// when the cloud deleted the entry (`null`): cancel the assignment.
+    pub document: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for UpdateInstruction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpdateInstruction")
+            .field("id", &self.id)
+            .field("document_bytes", &self.document.as_ref().map(Vec::len))
+            .finish()
+    }
+}
+
+/// Most update instructions taken from one desired document.
+pub const MAX_UPDATE_INSTRUCTIONS: usize = 64;
 
 impl DesiredOutcome {
     fn new(source: DesiredSource) -> Self {
@@ -281,6 +313,7 @@ impl DesiredOutcome {
             version: None,
             accepted: Vec::new(),
             refused: Vec::new(),
+            update_instructions: Vec::new(),
         }
     }
 
@@ -510,6 +543,13 @@ pub fn reported_document(profile: Profile, report: &TwinReport, uplink: &UplinkS
             },
         },
         "devices": devices,
+        "updates": {
+            "rollouts": report
+                .updates
+                .iter()
+                .map(|r| (device_key(profile, &r.assignment_id), json!(r)))
+                .collect::<Map<String, Value>>(),
+        },
     })
 }
 
@@ -525,6 +565,9 @@ fn device_entry(device: &DeviceReport) -> Value {
     }
     if let Some(on) = device.log_shipping {
         entry.insert(LOG_SHIPPING.into(), on.into());
+    }
+    if let Some(update) = &device.update {
+        entry.insert("update".into(), json!(update));
     }
     Value::Object(entry)
 }
@@ -648,6 +691,15 @@ pub fn desired_changes(
         if is_metadata(key) || METADATA_KEYS.contains(&key.as_str()) {
             continue;
         }
+        if key == UPDATES {
+            update_instructions(
+                profile,
+                value,
+                &mut outcome.update_instructions,
+                &mut refusals,
+            );
+            continue;
+        }
         if key != "devices" {
             refusals.push(vec![key], RefusalReason::UnknownKey);
             continue;
@@ -687,6 +739,90 @@ pub fn desired_changes(
 
 fn is_metadata(key: &str) -> bool {
     key.starts_with('$')
+}
+
+/// The desired key holding update instructions: `updates.assignments.<id>`.
+pub const UPDATES: &str = "updates";
+
+/// Collects `updates.assignments.<id>` entries. A complete document's absent entries
+/// cancel nothing: a cancellation is always an explicit `null`, so a truncated or stale
+/// desired document can never withdraw a security update by omission.
+fn update_instructions(
+    profile: Profile,
+    value: &Value,
+    out: &mut Vec<UpdateInstruction>,
+    refusals: &mut Refusals,
+) {
+    let Value::Object(updates) = value else {
+        refusals.push(vec![UPDATES], RefusalReason::NotAnObject);
+        return;
+    };
+    for (name, value) in updates {
+        if is_metadata(name) {
+            continue;
+        }
+        if name != "assignments" {
+            refusals.push(vec![UPDATES, name], RefusalReason::UnknownKey);
+            continue;
+        }
+        let Value::Object(assignments) = value else {
+            refusals.push(vec![UPDATES, name], RefusalReason::NotAnObject);
+            continue;
+        };
+        for (key, document) in assignments {
+            if is_metadata(key) {
+                continue;
+            }
+            // IoT Hub property names cannot hold `.`: ids are escaped as device ids are.
+            let id = &device_id_from_key(profile, key);
+            let path = || vec![UPDATES, "assignments", id.as_str()];
+            if out.len() >= MAX_UPDATE_INSTRUCTIONS {
+                refusals.push(
+                    path(),
+                    RefusalReason::TooMany {
+                        max: MAX_UPDATE_INSTRUCTIONS,
+                    },
+                );
+                continue;
+            }
+            match document {
+                Value::Null => out.push(UpdateInstruction {
+                    id: id.clone(),
+                    document: None,
+                }),
+                Value::Object(fields) => {
+                    let mut fields = fields.clone();
+                    fields.retain(|k, _| !is_metadata(k));
+                    match fields.get("id") {
+                        Some(Value::String(inner)) if inner != id => {
+                            refusals.push(
+                                path(),
+                                RefusalReason::WrongType {
+                                    expected: "an assignment whose \"id\" equals its key",
+                                },
+                            );
+                            continue;
+                        }
+                        _ => {}
+                    }
+                    fields.insert("id".to_owned(), Value::String(id.clone()));
+                    match serde_json::to_vec(&Value::Object(fields)) {
+                        Ok(bytes) => out.push(UpdateInstruction {
+                            id: id.clone(),
+                            document: Some(bytes),
+                        }),
+                        Err(_) => refusals.push(path(), RefusalReason::NotJson),
+                    }
+                }
+                _ => refusals.push(
+                    path(),
+                    RefusalReason::WrongType {
+                        expected: "an assignment object, or null to cancel it",
+                    },
+                ),
+            }
+        }
+    }
 }
 
 fn setting(
@@ -907,6 +1043,48 @@ mod tests {
 
     fn parse(source: DesiredSource, payload: &str) -> DesiredOutcome {
         desired_changes(Profile::Generic, source, payload.as_bytes(), &devices())
+    }
+
+    #[test]
+    fn update_assignments_are_passed_on_and_nulls_cancel() {
+        let outcome = parse(
+            DesiredSource::GenericDocument,
+            r#"{"updates":{"assignments":{
+                "a-1":{"target":"pump/fw-2.bin","devices":{"group":"icu"}},
+                "a-0":null,
+                "a-2":{"id":"other","target":"x"},
+                "a-3":"install now",
+                "$version":3},
+              "firmware_url":"http://x"}}"#,
+        );
+        let ids: Vec<(&str, bool)> = outcome
+            .update_instructions
+            .iter()
+            .map(|i| (i.id.as_str(), i.document.is_some()))
+            .collect();
+        assert_eq!(ids, [("a-0", false), ("a-1", true)]);
+        let doc: Value =
+            serde_json::from_slice(outcome.update_instructions[1].document.as_ref().unwrap())
+                .unwrap();
+        assert_eq!(doc["id"], "a-1");
+        assert_eq!(doc["target"], "pump/fw-2.bin");
+        let refused: Vec<&str> = outcome.refused.iter().map(|r| r.key.as_str()).collect();
+        assert_eq!(
+            refused,
+            [
+                "updates.assignments.a-2",
+                "updates.assignments.a-3",
+                "updates.firmware_url"
+            ]
+        );
+        assert!(outcome.accepted.is_empty());
+        // A value under `updates` that is not an object is refused, not guessed at.
+        let outcome = parse(DesiredSource::GenericDocument, r#"{"updates":[1]}"#);
+        assert!(outcome.update_instructions.is_empty());
+        assert_eq!(
+            reasons(&outcome),
+            [("updates", &RefusalReason::NotAnObject)]
+        );
     }
 
     fn reasons(outcome: &DesiredOutcome) -> Vec<(&str, &RefusalReason)> {
@@ -1359,6 +1537,11 @@ mod tests {
                     state_since_ms: 1_700_000_000_000,
                     poll_interval_ms: None,
                     log_shipping: Some(false),
+                    update: Some(crate::twin::DeviceUpdateReport {
+                        assignment: "fw.1".into(),
+                        stage: "deferred".into(),
+                        reason: Some("in-use".into()),
+                    }),
                 },
                 DeviceReport {
                     id: "pump-1".into(),
@@ -1369,8 +1552,18 @@ mod tests {
                     state_since_ms: 1_700_000_000_001,
                     poll_interval_ms: Some(1000),
                     log_shipping: None,
+                    update: None,
                 },
             ],
+            updates: vec![crate::twin::RolloutReport {
+                assignment_id: "fw.1".into(),
+                target: "mapper/fw-2.bin".into(),
+                members: 1,
+                installed: 0,
+                failed: 0,
+                deferred: 1,
+                halted: None,
+            }],
         }
     }
 
@@ -1401,17 +1594,21 @@ mod tests {
                 "devices": {
                     "mapper.2": {"kind": "mapping-system", "group": "ep-lab", "adapters": "agent,logs",
                                  "state": "in-procedure", "state_since_ms": 1_700_000_000_000u64,
-                                 "log_shipping": false},
+                                 "log_shipping": false,
+                                 "update": {"assignment": "fw.1", "stage": "deferred", "reason": "in-use"}},
                     "pump-1": {"kind": "infusion-pump", "group": "icu", "adapters": "modbus",
                                "state": "online", "state_since_ms": 1_700_000_000_001u64,
                                "poll_interval_ms": 1000}
-                }
+                },
+                "updates": {"rollouts": {"fw.1": {"target": "mapper/fw-2.bin", "members": 1,
+                                                  "installed": 0, "failed": 0, "deferred": 1}}}
             })
         );
         // Azure spells dots in device ids as %2E; the desired parser reads them back.
         let azure = reported_document(Profile::AzureIotHub, &report(), &uplink());
         assert!(azure["devices"].get("mapper%2E2").is_some());
         assert!(azure["devices"].get("mapper.2").is_none());
+        assert!(azure["updates"]["rollouts"].get("fw%2E1").is_some());
     }
 
     #[test]
@@ -1445,6 +1642,7 @@ mod tests {
                 state_since_ms: 1,
                 poll_interval_ms: None,
                 log_shipping: Some(true),
+                update: None,
             });
         }
         let doc = reported_document(Profile::AwsIotCore, &big, &uplink());

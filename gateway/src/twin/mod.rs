@@ -88,6 +88,41 @@ pub struct TwinReport {
     pub spool: SpoolReport,
     /// Every declared device, in a stable order (the registry's is by id).
     pub devices: Vec<DeviceReport>,
+    /// Every update rollout on this gateway, in arrival order.
+    pub updates: Vec<RolloutReport>,
+}
+
+/// One update rollout as reported in the twin (`updates.rollouts.<assignment id>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RolloutReport {
+    /// The assignment.
+    #[serde(skip)]
+    pub assignment_id: String,
+    /// Its TUF target.
+    pub target: String,
+    /// Devices it selects now.
+    pub members: u32,
+    /// Installed.
+    pub installed: u32,
+    /// Failed.
+    pub failed: u32,
+    /// Deferred (not failures).
+    pub deferred: u32,
+    /// Why it halted, if it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub halted: Option<String>,
+}
+
+/// A device's place in an update rollout, as reported in the twin (`devices.<id>.update`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeviceUpdateReport {
+    /// The assignment.
+    pub assignment: String,
+    /// `offered`, `downloading`, `downloaded`, `installing`, `installed`, `failed`, `deferred`.
+    pub stage: String,
+    /// The device's reason code for `failed` or `deferred`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// Spool depth as reported in the twin.
@@ -132,6 +167,8 @@ pub struct DeviceReport {
     pub poll_interval_ms: Option<u64>,
     /// Whether log shipping is on, for a device with a log adapter.
     pub log_shipping: Option<bool>,
+    /// Where it stands with its current (or latest) update, if any.
+    pub update: Option<DeviceUpdateReport>,
 }
 
 impl DeviceReport {
@@ -151,6 +188,7 @@ impl DeviceReport {
             state_since_ms: view.state_since_ms,
             poll_interval_ms,
             log_shipping,
+            update: None,
         }
     }
 }

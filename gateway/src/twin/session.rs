@@ -380,8 +380,10 @@ mod tests {
                     state_since_ms: 0,
                     poll_interval_ms: Some(1000),
                     log_shipping: None,
+                    update: None,
                 })
                 .collect(),
+            updates: Vec::new(),
         }
     }
 

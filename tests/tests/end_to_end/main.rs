@@ -13,3 +13,4 @@ mod outage;
 mod phi;
 mod status;
 mod systemd;
+mod updates;
