@@ -55,6 +55,8 @@ use crate::updates::StagedTarget;
 
 /// Largest chunk of an update file sent at once (smaller when a throttle is slower).
 pub const MAX_CHUNK: u32 = 64 * 1024;
+/// The throttles' unit: one governor cell is a KiB.
+const KIB: u32 = 1024;
 /// The TUF top-level roles whose metadata URLs an offer lists.
 pub const METADATA_ROLES: [&str; 4] = ["root", "timestamp", "snapshot", "targets"];
 /// Longest metadata file name served.
@@ -409,21 +411,29 @@ impl DownloadLimits {
             config.update_download_bytes_per_sec_total,
         )?;
         // Every rate is at least 16 KiB/s, so the chunk is at least that and fits the burst.
-        let chunk = NonZeroU32::new(MAX_CHUNK.min(per_device.get()).min(total.get()))
+        // Whole KiB, so a chunk never needs more cells than a quota's burst.
+        let whole_kib = |rate: NonZeroU32| rate.get() / KIB * KIB;
+        let chunk = NonZeroU32::new(MAX_CHUNK.min(whole_kib(per_device)).min(whole_kib(total)))
             .unwrap_or(NonZeroU32::MIN);
+        // governor keeps a cell's interval in whole nanoseconds: counted in bytes, every
+        // rate above 1 GB/s would be 1 GB/s and every rate near it rounded up. Counted in
+        // KiB the error is negligible up to 1 TB/s. Rates are at least 16 KiB/s, so each
+        // quota is at least 16 cells.
+        let kib = |rate: NonZeroU32| NonZeroU32::new(rate.get() / KIB).unwrap_or(NonZeroU32::MIN);
         Ok(DownloadLimits {
             // Keys are authenticated device ids only: bounded by the configuration.
-            per_device: RateLimiter::keyed(Quota::per_second(per_device)),
-            total: RateLimiter::direct(Quota::per_second(total)),
+            per_device: RateLimiter::keyed(Quota::per_second(kib(per_device))),
+            total: RateLimiter::direct(Quota::per_second(kib(total))),
             chunk,
         })
     }
 
     async fn wait(&self, device: &Arc<str>, bytes: NonZeroU32) {
         // `bytes` never exceeds the chunk, which fits both bursts; were it not to, the
-        // chunk would go unthrottled rather than never.
-        let _ = self.per_device.until_key_n_ready(device, bytes).await;
-        let _ = self.total.until_n_ready(bytes).await;
+        // chunk would go unthrottled rather than never. A partial KiB counts as a whole.
+        let cells = NonZeroU32::new(bytes.get().div_ceil(KIB)).unwrap_or(NonZeroU32::MIN);
+        let _ = self.per_device.until_key_n_ready(device, cells).await;
+        let _ = self.total.until_n_ready(cells).await;
     }
 }
 
