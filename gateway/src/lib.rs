@@ -11,6 +11,7 @@ pub mod audit;
 pub mod bulk;
 pub mod config;
 pub mod daemon;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod devices;
 pub mod phi;

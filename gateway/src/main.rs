@@ -64,6 +64,7 @@ enum Command {
     },
     /// Run the gateway with simulated patient monitors and an embedded cloud stand-in,
     /// and show what reached the cloud (no names, MRNs or birth dates).
+    #[cfg(feature = "demo")]
     Demo {
         /// How long to run, in seconds; 0 runs until Ctrl-C.
         #[arg(long, default_value_t = 20)]
@@ -169,6 +170,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+        #[cfg(feature = "demo")]
         Command::Demo {
             duration,
             monitors,
